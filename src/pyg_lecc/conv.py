@@ -45,6 +45,18 @@ def _circulant_strides(
     return strides  # type: ignore[return-value]
 
 
+def _regular_degree(dst: Tensor, num_dst: int) -> int | None:
+    """``k`` if the edges come grouped by target, ``k`` per target in node order (the layout
+    of :func:`~pyg_lecc.image_knn_graph`), else :obj:`None`."""
+    E = dst.numel()
+    if torch.compiler.is_compiling() or num_dst == 0 or E == 0 or E % num_dst != 0:
+        # Inspecting the indices would break a compiled graph: compiled code scatters.
+        return None
+    k = E // num_dst
+    expected = torch.arange(num_dst, device=dst.device).unsqueeze(1)
+    return k if bool((dst.view(num_dst, k) == expected).all()) else None
+
+
 class LightweightECC(MessagePassing):
     r"""The Lightweight Edge-Conditioned Convolution from the `"Deep
     Graph-Convolutional Image Denoising" <https://arxiv.org/abs/1907.08448>`_ paper, as used
@@ -254,36 +266,51 @@ class LightweightECC(MessagePassing):
         return torch.cat(blocks, dim=0).reshape(width, r * Fh)
 
     def _node_level(self, x: PairTensor, edge_index: Tensor, size: Size) -> Tensor:
-        # Exact rewrite of `message` + linear aggregation (see docs/operator.rst):
+        # Exact rewrite of `message` + linear aggregation (docs: "The node-level formulation"):
         #   Psi x_j = A1(z) x_j + B1 x_j with A1 linear in z, so the F_in contraction moves
         #   to the source nodes (V_j = A1 x_j); Phi^T a = A2(sum a z^T) + B2^T sum a, so the
         #   F_out contraction moves to the target nodes.
         x_src, x_dst = x
         src, dst = edge_index[0], edge_index[1]
         num_dst = x_dst.size(0) if size is None or size[1] is None else size[1]
-        Fh, r = self.lin0_weight.size(0), self.rank
+        Fin, Fh, r = self.in_channels, self.lin0_weight.size(0), self.rank
+        degree = _regular_degree(dst, num_dst)
 
-        label = x_src.index_select(0, src) - x_dst.index_select(0, dst)
-        gamma = self._attention(label)
-        # W0 (x_j - x_i) = W0 x_j - W0 x_i: one product per node instead of per edge.
-        y_src = F.linear(x_src, self.lin0_weight)
-        y_dst = y_src if x_dst is x_src else F.linear(x_dst, self.lin0_weight)
-        z = F.leaky_relu(
-            y_src.index_select(0, src) - y_dst.index_select(0, dst) + self.lin0_bias,
-            _LEAKY_SLOPE,
+        # W0 (x_j - x_i) = W0 x_j - W0 x_i: one product per node instead of per edge. The
+        # source-side node tensors are gathered together (one gather, one scatter backward).
+        V = (x_src @ self._circulant_matrix(self.psi_weight, Fin)).view(-1, r, Fh)
+        src_nodes = torch.cat(
+            [x_src, F.linear(x_src, self.lin0_weight), F.linear(x_src, self.psi_bias)], dim=-1
         )
+        x_j, y_j, c_j = src_nodes.index_select(0, src).split([Fin, Fh, r], dim=-1)
+        dst_nodes = torch.cat([x_dst, F.linear(x_dst, self.lin0_weight)], dim=-1)
+        if degree is not None:
+            # Edges grouped by target, `degree` each (kNN graphs): broadcasting replaces the
+            # target-side gathers and scatters.
+            E = src.numel()
+            x_i, y_i = dst_nodes.unsqueeze(1).split([Fin, Fh], dim=-1)
+            x_j, y_j = x_j.view(num_dst, degree, Fin), y_j.view(num_dst, degree, Fh)
+        else:
+            x_i, y_i = dst_nodes.index_select(0, dst).split([Fin, Fh], dim=-1)
+
+        gamma = self._attention(x_j - x_i)
+        z = F.leaky_relu(y_j - y_i + self.lin0_bias, _LEAKY_SLOPE)
         omega = F.linear(z, self.omega_weight, self.omega_bias)
+        z_flat = z.reshape(-1, Fh)
+        u = gather_contract(z_flat, V, src) + c_j
+        a = gamma.reshape(-1, 1) * omega.reshape(-1, r) * u  # (E, r)
 
-        V = (x_src @ self._circulant_matrix(self.psi_weight, self.in_channels)).view(-1, r, Fh)
-        c = F.linear(x_src, self.psi_bias)  # (N_src, r)
-        u = gather_contract(z, V, src) + c.index_select(0, src)
-        a = gamma.unsqueeze(-1) * omega * u  # (E, r)
-
-        Q = scatter_outer(a, z, dst, num_dst).view(num_dst, r * Fh)
-        P = scatter(a, dst, dim=0, dim_size=num_dst, reduce="sum")
-        if self.aggr == "mean":
+        if degree is not None:
+            a_grouped = a.view(num_dst, degree, r)
+            Q = torch.bmm(a_grouped.transpose(1, 2), z).view(num_dst, r * Fh)
+            P = a_grouped.sum(dim=1)
+            inv_deg = 1.0 / degree if E > 0 else 1.0
+        else:
+            Q = scatter_outer(a, z_flat, dst, num_dst).view(num_dst, r * Fh)
+            P = scatter(a, dst, dim=0, dim_size=num_dst, reduce="sum")
             deg = scatter(torch.ones_like(gamma), dst, dim=0, dim_size=num_dst, reduce="sum")
             inv_deg = deg.clamp(min=1).reciprocal().unsqueeze(-1)
+        if self.aggr == "mean":
             Q, P = Q * inv_deg, P * inv_deg
         A2 = self._circulant_matrix(self.phi_weight, self.out_channels)  # (F_out, r * F_h)
         return Q @ A2.t() + P @ self.phi_bias

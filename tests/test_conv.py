@@ -1,0 +1,295 @@
+import numpy as np
+import pytest
+import torch
+from torch_geometric.testing import assert_module
+
+from pyg_lecc import LightweightECC, image_knn_graph, image_to_nodes
+
+
+def _randomise(conv: LightweightECC, std: float = 0.3) -> LightweightECC:
+    # The reference initialisation zeroes every bias; random values exercise them too.
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.normal_(std=std)
+    return conv
+
+
+def _random_graph(num_src: int, num_dst: int, num_edges: int) -> torch.Tensor:
+    return torch.stack(
+        [torch.randint(0, num_src, (num_edges,)), torch.randint(0, num_dst, (num_edges,))]
+    )
+
+
+def _plain_lightweight_ecc(conv: LightweightECC, x: np.ndarray, edge_index: np.ndarray):
+    """Equation (1), non-local term, written from the formula with explicit indices."""
+    W0 = conv.lin0_weight.detach().numpy()
+    b0 = conv.lin0_bias.detach().numpy()
+    W1, B1 = conv.psi_weight.detach().numpy(), conv.psi_bias.detach().numpy()
+    W2, B2 = conv.phi_weight.detach().numpy(), conv.phi_bias.detach().numpy()
+    Wl, bl = conv.omega_weight.detach().numpy(), conv.omega_bias.detach().numpy()
+    Fh, r = W0.shape[0], conv.rank
+
+    def circulant(z, W, width):  # z: (E, Fh) -> (E, r, width)
+        s = W.shape[2]
+        out = np.zeros((z.shape[0], r, width))
+        g = np.arange(Fh)
+        for b in range(width // s):
+            rolled = z[:, (g - b * s) % Fh]  # z rolled by b*s positions
+            for c in range(s):
+                out[:, :, b * s + c] = rolled @ W[:, :, c]
+        return out
+
+    src, dst = edge_index
+    label = x[src] - x[dst]
+    pre = label @ W0.T + b0
+    z = np.where(pre > 0, pre, 0.2 * pre)
+    psi = circulant(z, W1, x.shape[1]) + B1
+    phi = circulant(z, W2, conv.out_channels) + B2
+    omega = z @ Wl.T + bl
+    gamma = np.exp(-(label**2).sum(1) / conv.delta)
+    weight = np.einsum("et,eto,etf->eof", omega, phi, psi)  # per-edge Fout x Fin matrix
+    msg = gamma[:, None] * np.einsum("eof,ef->eo", weight, x[src])
+    out = np.zeros((x.shape[0], conv.out_channels))
+    np.add.at(out, dst, msg)
+    deg = np.bincount(dst, minlength=x.shape[0])
+    return out / np.maximum(deg, 1)[:, None]
+
+
+def test_repr_and_stored_arguments():
+    conv = LightweightECC(99, 99, circulant_stride=33)
+    assert str(conv) == "LightweightECC(99, 99, rank=11)"
+    assert (conv.in_channels, conv.out_channels, conv.rank, conv.delta) == (99, 99, 11, 10.0)
+    assert conv.circulant_stride == 33 and conv.aggr == "mean"
+    assert str(LightweightECC(8, 3, rank=2, circulant_stride=(4, 3))) == (
+        "LightweightECC(8, 3, rank=2)"
+    )
+
+
+def test_parameter_count_circulant():
+    dense = LightweightECC(99, 99, circulant_stride=None)
+    circ = LightweightECC(99, 99, circulant_stride=33)
+    # The second layer (psi and phi weights) shrinks by F / s = 3; the rest is unchanged.
+    assert dense.psi_weight.numel() == 3 * circ.psi_weight.numel() == 99 * 11 * 99
+    assert dense.phi_weight.numel() == 3 * circ.phi_weight.numel()
+    assert circ.lin0_weight.shape == (99, 99)
+
+
+def test_initialisation_statistics():
+    torch.manual_seed(0)
+    conv = LightweightECC(99, 99, circulant_stride=33)
+    assert conv.psi_weight.std().item() == pytest.approx(1 / 99, rel=0.05)
+    assert conv.omega_weight.std().item() == pytest.approx(1 / 11**0.5, rel=0.2)
+    assert conv.lin0_weight.std().item() == pytest.approx((2 / (99 + 99)) ** 0.5, rel=0.05)
+    for b in (conv.lin0_bias, conv.psi_bias, conv.phi_bias, conv.omega_bias, conv.bias):
+        assert torch.count_nonzero(b) == 0
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_shapes_and_layouts(implementation):
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(8, 5, rank=3, implementation=implementation))
+    x = torch.randn(6, 8)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5, 2], [1, 0, 0, 4, 3, 3, 5]])
+    assert_module(conv, x, edge_index, expected_size=(6, 5))
+    out = conv(x, edge_index)
+    assert torch.allclose(conv(x, edge_index, size=(6, 6)), out)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_bipartite(implementation):
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(8, 5, rank=3, implementation=implementation))
+    x_src, x_dst = torch.randn(7, 8), torch.randn(3, 8)
+    edge_index = torch.tensor([[0, 6, 2, 3, 5], [0, 0, 1, 2, 2]])
+    out = assert_module(conv, (x_src, x_dst), edge_index, expected_size=(3, 5))
+    assert torch.allclose(conv((x_src, x_dst), edge_index, size=(7, 3)), out)
+
+
+def test_equals_plain_formula_on_image_patch():
+    torch.manual_seed(0)
+    feats = torch.randn(1, 6, 42, 42, dtype=torch.float64)
+    edge_index = image_knn_graph(feats, k=8)
+    x = image_to_nodes(feats)
+    conv = _randomise(LightweightECC(6, 9, rank=2, circulant_stride=(3, 3), hidden_channels=5))
+    conv = conv.double()
+    expected = _plain_lightweight_ecc(conv, x.numpy(), edge_index.numpy())
+    expected = torch.from_numpy(expected) + conv.bias.detach()
+    for implementation in ("node", "edge"):
+        conv.implementation = implementation
+        assert torch.allclose(conv(x, edge_index), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "dtype,rtol,atol", [(torch.float64, 1e-10, 1e-12), (torch.float32, 1e-5, 1e-5)]
+)
+@pytest.mark.parametrize("graph", ["random_degrees", "bipartite", "image"])
+def test_node_level_equals_per_edge(dtype, rtol, atol, graph):
+    torch.manual_seed(1)
+    conv = _randomise(LightweightECC(12, 6, rank=3, circulant_stride=(4, 3))).to(dtype)
+    if graph == "image":
+        feats = torch.randn(2, 12, 9, 10, dtype=dtype)
+        x, edge_index = image_to_nodes(feats), image_knn_graph(feats, k=6)
+    elif graph == "bipartite":
+        x = (torch.randn(30, 12, dtype=dtype), torch.randn(11, 12, dtype=dtype))
+        edge_index = _random_graph(30, 11, 90)
+    else:  # random in-degrees, some isolated target nodes
+        x = torch.randn(40, 12, dtype=dtype)
+        edge_index = _random_graph(40, 30, 150)
+    x_in = [t.clone().requires_grad_() for t in (x if isinstance(x, tuple) else (x,))]
+    outs, grads = [], []
+    for implementation in ("node", "edge"):
+        conv.implementation = implementation
+        conv.zero_grad()
+        for t in x_in:
+            t.grad = None
+        out = conv(tuple(x_in) if len(x_in) == 2 else x_in[0], edge_index)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in conv.parameters()] + [t.grad for t in x_in])
+    assert torch.allclose(outs[0], outs[1], rtol=rtol, atol=atol)
+    for g_node, g_edge in zip(grads[0], grads[1], strict=True):
+        assert torch.allclose(g_node, g_edge, rtol=rtol * 10, atol=atol * 10)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_empty_graph_and_isolated_nodes(implementation):
+    conv = _randomise(LightweightECC(4, 3, rank=2, implementation=implementation))
+    x = torch.randn(5, 4)
+    out = conv(x, torch.empty(2, 0, dtype=torch.long))
+    assert torch.allclose(out, conv.bias.expand(5, 3))
+    out = conv(x, torch.tensor([[1], [0]]))
+    assert torch.allclose(out[1:], conv.bias.expand(4, 3))
+    assert not torch.allclose(out[0], conv.bias)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_mean_invariant_to_duplicated_edges(implementation):
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(6, 4, rank=2, implementation=implementation))
+    x, edge_index = torch.randn(10, 6), _random_graph(10, 10, 25)
+    doubled = torch.cat([edge_index, edge_index], dim=1)
+    assert torch.allclose(conv(x, edge_index), conv(x, doubled), atol=1e-6)
+    conv_sum = LightweightECC(6, 4, rank=2, aggr="add", implementation=implementation)
+    conv_sum.load_state_dict(conv.state_dict())
+    no_bias = conv_sum(x, edge_index) - conv_sum.bias
+    assert torch.allclose(conv_sum(x, doubled) - conv_sum.bias, 2 * no_bias, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_gradients_reach_every_parameter(implementation):
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(6, 6, rank=2, circulant_stride=3))
+    conv.implementation = implementation
+    x = torch.randn(12, 6, requires_grad=True)
+    conv(x, _random_graph(12, 12, 40)).pow(2).sum().backward()
+    for name, p in conv.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+def test_low_rank_message():
+    # With the label x_j - x_i fixed (the same shift added to both endpoints), the output of
+    # a node with one neighbour is linear in the shift, through a matrix of rank <= r.
+    torch.manual_seed(0)
+    rank = 3
+    conv = _randomise(LightweightECC(8, 8, rank=rank)).double()
+    x = torch.randn(2, 8, dtype=torch.float64)
+    edge_index = torch.tensor([[1], [0]])
+
+    def out_of_shift(shift):
+        return conv(x + shift, edge_index)[0]
+
+    jac = torch.autograd.functional.jacobian(out_of_shift, torch.zeros(8, dtype=torch.float64))
+    assert torch.linalg.matrix_rank(jac).item() == rank
+    # A second neighbour with another label adds up to r more dimensions: the bound is real.
+    edge_index = torch.tensor([[1, 1], [0, 0]])
+    x2 = torch.randn(2, 8, dtype=torch.float64)
+    conv.implementation = "edge"
+
+    def out_two(shift):
+        return conv((torch.cat([x2[:1], x2[1:] * 2]) + shift, x2 + shift), edge_index)[0]
+
+    assert (
+        torch.linalg.matrix_rank(
+            torch.autograd.functional.jacobian(out_two, torch.zeros(8, dtype=torch.float64))
+        ).item()
+        <= rank
+    )
+
+
+def test_gradcheck_node_level():
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(4, 3, rank=2, circulant_stride=(2, 3))).double()
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    # A random graph (scatter path) and a regular one (grouped-by-target path).
+    regular = image_knn_graph(x.detach().t().reshape(1, 4, 7, 1), k=3, exclude_radius=0)
+    for edge_index in (_random_graph(7, 7, 15), regular):
+        assert torch.autograd.gradcheck(lambda t, ei=edge_index: conv(t, ei), (x,))
+    params = tuple(conv.parameters())
+
+    def as_function_of_params(*ps):
+        return torch.func.functional_call(
+            conv,
+            dict(zip([n for n, _ in conv.named_parameters()], ps, strict=True)),
+            (x.detach(), edge_index),
+        )
+
+    assert torch.autograd.gradcheck(as_function_of_params, params)
+
+
+def test_torch_compile_no_graph_breaks():
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(8, 6, rank=3, circulant_stride=(4, 3)))
+    x = torch.randn(20, 8)
+    edge_index = _random_graph(20, 20, 60)
+    explanation = torch._dynamo.explain(conv)(x, edge_index)
+    assert explanation.graph_break_count == 0
+    torch._dynamo.reset()
+    compiled = torch.compile(conv, backend="aot_eager", fullgraph=True)
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    out_eager, out_compiled = conv(x1, edge_index), compiled(x2, edge_index)
+    assert torch.allclose(out_eager, out_compiled, atol=1e-6)
+    out_eager.sum().backward()
+    out_compiled.sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(rank=0), "rank"),
+        (dict(delta=0.0), "delta"),
+        (dict(delta=-1.0), "delta"),
+        (dict(circulant_stride=5), "circulant_stride.*divides in_channels=8"),
+        (dict(circulant_stride=(4, 5)), "circulant_stride.*divides out_channels=6"),
+        (dict(circulant_stride=(4, 3, 1)), "circulant_stride"),
+        (dict(hidden_channels=0), "hidden_channels"),
+        (dict(implementation="fast"), "implementation"),
+    ],
+)
+def test_constructor_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LightweightECC(8, 6, **kwargs)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_forward_errors(implementation):
+    conv = LightweightECC(4, 3, rank=2, implementation=implementation)
+    x, edge_index = torch.randn(5, 4), torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match=r"source node features of shape \(num_nodes, 4\)"):
+        conv(torch.randn(5, 3), edge_index)
+    with pytest.raises(ValueError, match="target node features"):
+        conv((x, torch.randn(2, 5)), edge_index)
+    with pytest.raises(ValueError, match=r"shape \(2, num_edges\)"):
+        conv(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"shape \(2, num_edges\)"):
+        conv(x, torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"dtype torch\.long"):
+        conv(x, edge_index.float())
+    with pytest.raises(IndexError, match=r"source indices must lie in \[0, 4\]"):
+        conv(x, torch.tensor([[0, 5], [1, 2]]))
+    with pytest.raises(IndexError, match=r"target indices must lie in \[0, 1\]"):
+        conv((x, torch.randn(2, 4)), torch.tensor([[0, 1], [1, 2]]))
+    with pytest.raises(IndexError, match="source indices"):
+        conv(x, torch.tensor([[-1, 0], [1, 2]]))

@@ -1,0 +1,189 @@
+import pytest
+import torch
+
+import pyg_lecc.graph as graph_module
+from pyg_lecc import ImageKNNGraph, image_knn_graph, image_to_nodes, nodes_to_image
+from pyg_lecc._optional import WITH_TORCH_CLUSTER
+
+
+def _brute_force(feats: torch.Tensor, k: int, radius: int, window: int | None) -> torch.Tensor:
+    """Neighbours of every pixel by an explicit loop: (distance, flat index) order."""
+    B, _, H, W = feats.shape
+    rows = []
+    for b in range(B):
+        for y in range(H):
+            for x in range(W):
+                if window is None:
+                    ys, xs = range(H), range(W)
+                else:
+                    sh, sw = min(window, H), min(window, W)
+                    y0 = min(max(y - window // 2, 0), H - sh)
+                    x0 = min(max(x - window // 2, 0), W - sw)
+                    ys, xs = range(y0, y0 + sh), range(x0, x0 + sw)
+                cands = [
+                    (float((feats[b, :, y, x] - feats[b, :, yy, xx]).pow(2).sum()), yy * W + xx)
+                    for yy in ys
+                    for xx in xs
+                    if max(abs(yy - y), abs(xx - x)) > radius
+                ]
+                cands.sort()
+                rows.append([b * H * W + i for _, i in cands[:k]])
+    return torch.tensor(rows)
+
+
+CASES = {
+    "random": (lambda: torch.randn(2, 5, 9, 11, dtype=torch.float64), 4, 1, None),
+    "planted_ties": (lambda: torch.randint(0, 2, (2, 3, 10, 7)).double(), 5, 1, None),
+    "flat_image": (lambda: torch.zeros(1, 3, 8, 8), 6, 1, None),
+    "window_ties": (lambda: torch.randint(0, 3, (1, 2, 13, 12)).double(), 6, 1, 5),
+    "window_flat_radius0": (lambda: torch.zeros(1, 3, 8, 8), 3, 0, 4),
+    "window_radius2": (lambda: torch.randn(1, 4, 20, 17, dtype=torch.float64), 8, 2, 9),
+    "window_larger_than_image": (lambda: torch.randn(1, 3, 6, 30, dtype=torch.float64), 5, 1, 9),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("block_elements", [1 << 24, 300])  # one block, and many small tiles
+def test_torch_backend_equals_brute_force(case, block_elements, monkeypatch):
+    monkeypatch.setattr(graph_module, "_BLOCK_ELEMENTS", block_elements)
+    make, k, radius, window = CASES[case]
+    torch.manual_seed(0)
+    feats = make()
+    edge_index = image_knn_graph(feats, k, radius, window, backend="torch")
+    B, _, H, W = feats.shape
+    assert edge_index.dtype == torch.long and edge_index.shape == (2, B * H * W * k)
+    assert torch.equal(edge_index[1], torch.arange(B * H * W).repeat_interleave(k))
+    assert torch.equal(edge_index[0].view(-1, k), _brute_force(feats, k, radius, window))
+
+
+def test_graph_properties_on_a_batch():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 4, 12, 10)
+    edge_index = image_knn_graph(feats, k=8)
+    nbr, ctr = edge_index
+    H, W = 12, 10
+    assert torch.equal(nbr // (H * W), ctr // (H * W))  # never across images
+    dy = (nbr % (H * W)) // W - (ctr % (H * W)) // W
+    dx = (nbr % (H * W)) % W - (ctr % (H * W)) % W
+    assert bool((torch.maximum(dy.abs(), dx.abs()) > 1).all())  # not self, not 8-neighbours
+    assert nbr.view(-1, 8).unique(dim=1).size(1) == 8  # distinct neighbours per pixel
+
+
+def test_window_restricts_candidates():
+    torch.manual_seed(0)
+    feats = torch.randn(1, 3, 30, 30)
+    nbr, ctr = image_knn_graph(feats, k=4, search_window=7)
+    y, x = ctr // 30, ctr % 30
+    ny, nx = nbr // 30, nbr % 30
+    y0, x0 = (y - 3).clamp(0, 23), (x - 3).clamp(0, 23)
+    assert bool(((ny >= y0) & (ny < y0 + 7) & (nx >= x0) & (nx < x0 + 7)).all())
+    whole = image_knn_graph(feats, k=4)
+    assert not torch.equal(whole, torch.stack([nbr, ctr]))  # the window did change something
+
+
+def test_no_gradient_and_deterministic():
+    feats = torch.randn(1, 3, 8, 8, requires_grad=True)
+    a = image_knn_graph(feats, k=3)
+    assert not a.requires_grad
+    assert torch.equal(a, image_knn_graph(feats.detach().clone(), k=3))
+
+
+def test_large_image_with_window_bounded_blocks(monkeypatch):
+    # Every distance block stays within the budget, so memory is bounded by construction.
+    seen = []
+    original = graph_module._select_k
+
+    def spy(dist, k):
+        seen.append(dist.numel())
+        return original(dist, k)
+
+    monkeypatch.setattr(graph_module, "_select_k", spy)
+    monkeypatch.setattr(graph_module, "_BLOCK_ELEMENTS", 1 << 16)
+    feats = torch.randn(1, 3, 100, 90)
+    edge_index = image_knn_graph(feats, k=8, search_window=15, backend="torch")
+    assert edge_index.shape == (2, 100 * 90 * 8)
+    assert max(seen) <= 1 << 16
+
+
+@pytest.mark.skipif(not WITH_TORCH_CLUSTER, reason="needs the [cluster] extra")
+@pytest.mark.parametrize("channels", [2, 3, 16])
+def test_torch_cluster_backend_matches_torch(channels):
+    torch.manual_seed(channels)
+    feats = torch.randn(3, channels, 14, 13, dtype=torch.float64)
+    a = image_knn_graph(feats, k=8, backend="torch")
+    b = image_knn_graph(feats, k=8, backend="torch_cluster")
+    assert torch.equal(a, b)
+    assert torch.equal(image_knn_graph(feats, k=8, backend="auto"), a)
+
+
+def test_auto_backend_choice(monkeypatch):
+    monkeypatch.setattr(graph_module, "WITH_TORCH_CLUSTER", True)
+    low = torch.randn(1, 3, 8, 8)
+    assert graph_module._resolve_backend("auto", low, None) == "torch_cluster"
+    assert graph_module._resolve_backend("auto", low, 5) == "torch"
+    assert graph_module._resolve_backend("auto", torch.randn(1, 33, 8, 8), None) == "torch"
+    monkeypatch.setattr(graph_module, "WITH_TORCH_CLUSTER", False)
+    assert graph_module._resolve_backend("auto", low, None) == "torch"
+    with pytest.raises(ImportError, match="pip install pyg-lecc\\[cluster\\]"):
+        graph_module._resolve_backend("torch_cluster", low, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(features=torch.randn(3, 8, 8)), r"\(B, C, H, W\)"),
+        (dict(features=torch.zeros(1, 3, 8, 8, dtype=torch.long)), "floating-point"),
+        (dict(k=0), "'k'"),
+        (dict(exclude_radius=-1), "exclude_radius"),
+        (dict(search_window=0), "search_window"),
+        (dict(backend="faiss"), "backend"),
+        (dict(features=torch.randn(1, 3, 3, 3), k=1), "cannot choose k=1"),
+        (dict(k=17, search_window=5), "only 16 candidates"),
+    ],
+)
+def test_errors(kwargs, match):
+    args = dict(features=torch.randn(1, 3, 8, 8), k=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        image_knn_graph(**args)
+
+
+@pytest.mark.skipif(not WITH_TORCH_CLUSTER, reason="needs the [cluster] extra")
+def test_torch_cluster_refuses_window():
+    with pytest.raises(ValueError, match="search_window"):
+        image_knn_graph(torch.randn(1, 3, 8, 8), k=4, search_window=5, backend="torch_cluster")
+
+
+def test_node_conversions_round_trip():
+    x = torch.randn(2, 3, 4, 5)
+    nodes = image_to_nodes(x)
+    assert nodes.shape == (40, 3)
+    assert torch.equal(nodes[1 * 20 + 2 * 5 + 3], x[1, :, 2, 3])  # node b*H*W + y*W + x
+    assert torch.equal(nodes_to_image(nodes, 2, 4, 5), x)
+    with pytest.raises(ValueError, match=r"\(40, C\)"):
+        nodes_to_image(nodes[:-1], 2, 4, 5)
+    with pytest.raises(ValueError, match="'x'"):
+        image_to_nodes(torch.randn(3, 4, 5))
+
+
+def test_builder_object():
+    builder = ImageKNNGraph(k=4, search_window=9)
+    assert repr(builder) == (
+        "ImageKNNGraph(k=4, exclude_radius=1, search_window=9, backend='auto')"
+    )
+    feats = torch.randn(2, 5, 12, 12)
+    assert torch.equal(builder(feats), image_knn_graph(feats, 4, 1, 9))
+
+
+def test_graph_building_inside_compiled_model():
+    # The builder is excluded from compilation; the model around it still compiles.
+    from pyg_lecc import LightweightECC
+
+    conv = LightweightECC(4, 4, rank=2)
+
+    def model(img):
+        return conv(image_to_nodes(img), image_knn_graph(img, k=3))
+
+    img = torch.randn(1, 4, 6, 6)
+    compiled = torch.compile(model, backend="eager")
+    assert torch.allclose(compiled(img), model(img), atol=1e-6)

@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+import pyg_lecc
+from pyg_lecc import NIRGNN, LightweightECC, LocalNonLocalConv, image_knn_graph
+from pyg_lecc.models import (
+    get_model,
+    list_models,
+    load_weights,
+    matched_cnn_features,
+    num_parameters,
+    save_weights,
+)
+
+TINY = dict(features=6, rank=2, k=4, layers_per_block=1)
+
+
+def test_public_names():
+    for name in pyg_lecc.__all__:
+        assert hasattr(pyg_lecc, name), name
+    assert {"LightweightECC", "image_knn_graph", "NIRGNN", "nir_gnn"} <= set(pyg_lecc.__all__)
+
+
+def test_local_non_local_layer_is_equation_1():
+    torch.manual_seed(0)
+    layer = LocalNonLocalConv(4, 5, rank=2)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(2, 4, 7, 6)
+    edge_index = image_knn_graph(x, k=3)
+    nodes = x.permute(0, 2, 3, 1).reshape(-1, 4)
+    non_local = layer.ecc(nodes, edge_index).view(2, 7, 6, 5).permute(0, 3, 1, 2)
+    expected = (layer.local(x) + non_local) / 2 + layer.bias.view(1, -1, 1, 1)
+    assert torch.allclose(layer(x, edge_index), expected, atol=1e-6)
+    cnn_layer = LocalNonLocalConv(4, 5, non_local=False)
+    assert cnn_layer.ecc is None
+    assert torch.allclose(cnn_layer(x, None), cnn_layer.local(x) + cnn_layer.bias.view(1, -1, 1, 1))
+    with pytest.raises(ValueError, match="edge_index"):
+        layer(x, None)
+
+
+def test_paper_configuration():
+    with torch.device("meta"):
+        model = NIRGNN()
+    eccs = [m for m in model.modules() if isinstance(m, LightweightECC)]
+    # 3 branch layers, 3 blocks x 3 layers, 1 output layer.
+    assert len(eccs) == 13
+    assert {(m.in_channels, m.out_channels, m.rank) for m in eccs} == {
+        (33, 33, 11),
+        (99, 99, 11),
+        (99, 3, 11),
+    }
+    assert eccs[-1].circulant_stride == (33, 3) and eccs[4].circulant_stride == 33
+    assert model.graph.k == 8 and eccs[0].delta == 10.0
+    # The CNN baseline of Table I has roughly the same size.
+    with torch.device("meta"):
+        cnn = get_model("cnn")
+    ratio = num_parameters(cnn) / num_parameters(model)
+    assert 0.95 < ratio < 1.05
+    assert not any(isinstance(m, LightweightECC) for m in cnn.modules())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_and_learns(name):
+    torch.manual_seed(0)
+    model = get_model(name, **TINY) if name == "nir-gnn" else get_model(name, features=6, k=4)
+    nir = torch.rand(2, 1, 12, 12)
+    out = model(nir)
+    assert out.shape == (2, 3, 12, 12)
+    out.pow(2).mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+
+
+def test_global_residual():
+    # A model whose last layer outputs zero returns the NIR image on three channels.
+    model = NIRGNN(**TINY).eval()
+    with torch.no_grad():
+        for p in model.last.parameters():
+            p.zero_()
+    nir = torch.rand(1, 1, 10, 10)
+    assert torch.allclose(model(nir), nir.expand(-1, 3, -1, -1))
+
+
+def test_matched_cnn_width():
+    width = matched_cnn_features(12, rank=2)
+    with torch.device("meta"):
+        gnn = num_parameters(NIRGNN(12, rank=2))
+        counts = {
+            f: num_parameters(NIRGNN(f, rank=2, non_local=False))
+            for f in (3, 6, 9, 12, 15, 18, 21, 24)
+        }
+    assert abs(counts[width] - gnn) == min(abs(c - gnn) for c in counts.values())
+
+
+def test_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = NIRGNN(**TINY).eval()
+    path = tmp_path / "w.pt"
+    save_weights(model, "nir-gnn", path)
+    meta, state = load_weights(path)
+    assert meta == {"model": "nir-gnn", "config": model.config()}
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    loaded = get_model("nir-gnn", weights=path)
+    nir = torch.rand(1, 1, 9, 9)
+    assert torch.equal(loaded(nir), model(nir))
+    with pytest.raises(ValueError, match="model 'nir-gnn', not 'cnn'"):
+        get_model("cnn", weights=path)
+
+
+def test_loading_never_runs_code(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": "nir-gnn", "config": {}, "state_dict": Payload()}, path)
+    with pytest.raises(ValueError, match="cannot load weights"):
+        load_weights(path)
+    bad = tmp_path / "not_weights.pt"
+    torch.save({"hello": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not a pyg_lecc weights file"):
+        load_weights(bad)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        load_weights(tmp_path / "missing.pt")
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="multiple of 3"):
+        NIRGNN(features=10)
+    with pytest.raises(ValueError, match="unknown model"):
+        get_model("unet")
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        NIRGNN(**TINY)(torch.rand(1, 3, 8, 8))

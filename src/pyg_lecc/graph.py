@@ -74,29 +74,36 @@ def _window_start(pos: Tensor, window: int, extent: int) -> Tensor:
 
 
 def _select_k(dist: Tensor, k: int) -> Tensor:
-    """Column indices of the k smallest entries of every row, ordered by (distance, index)."""
-    values, idx = dist.topk(k, dim=1, largest=False, sorted=True)
-    # topk picks arbitrarily among equal values; where the k-th distance ties with an entry
-    # it left out, a stable sort of the whole row decides by index instead.
-    ambiguous = (dist <= values[:, -1:]).sum(dim=1) > k
-    # Reorder each selected set by (distance, index): sort by index, then stably by distance.
+    """Column indices of the k smallest entries of every row, ordered by (distance, column)."""
+    num_cols = dist.size(1)
+    K = min(num_cols, k + 1)  # one more than needed tells whether a tie runs past the k-th
+    values, idx = dist.topk(K, dim=1, largest=False, sorted=True)
+    # Order by (distance, column): sort by column, then stably by distance.
     idx, order = idx.sort(dim=1)
-    values = values.gather(1, order)
-    idx = idx.gather(1, values.sort(dim=1, stable=True)[1])
-    if bool(ambiguous.any()):
-        rows = ambiguous.nonzero().view(-1)
-        idx[rows] = dist[rows].sort(dim=1, stable=True)[1][:, :k]
+    values, order = values.gather(1, order).sort(dim=1, stable=True)
+    idx = idx.gather(1, order)[:, :k]
+    if k < K:
+        # topk chooses arbitrarily among equal values: where the k-th distance equals the
+        # next one, a stable sort of the whole row decides by column instead.
+        ambiguous = values[:, k - 1] == values[:, k]
+        if bool(ambiguous.any()):
+            rows = ambiguous.nonzero().view(-1)
+            idx[rows] = dist[rows].sort(dim=1, stable=True)[1][:, :k]
     return idx
 
 
 def _knn_torch(feats: Tensor, k: int, exclude_radius: int, window: tuple[int, int]) -> Tensor:
     B, C, H, W = feats.shape
     Sh, Sw = window
+    device = feats.device
     nodes = feats.permute(0, 2, 3, 1).reshape(B, H * W, C)
-    sq_norms = nodes.pow(2).sum(-1)
-    neighbours = torch.empty(B, H, W, k, dtype=torch.long, device=feats.device)
-    rows = torch.arange(H, device=feats.device)
-    cols = torch.arange(W, device=feats.device)
+    # ||q - c||^2 ranks like ||c||^2 - 2 q.c within a row; one matrix product gives it:
+    # [-2q, 1] . [c, ||c||^2].
+    queries = torch.cat([-2 * nodes, torch.ones_like(nodes[..., :1])], dim=-1)
+    candidates = torch.cat([nodes, nodes.pow(2).sum(-1, keepdim=True)], dim=-1)
+    neighbours = torch.empty(B, H, W, k, dtype=torch.long, device=device)
+    rows = torch.arange(H, device=device)
+    cols = torch.arange(W, device=device)
 
     # Query tiles: rectangles whose candidate region (union of their windows) keeps the
     # distance block within _BLOCK_ELEMENTS.
@@ -110,28 +117,35 @@ def _knn_torch(feats: Tensor, k: int, exclude_radius: int, window: tuple[int, in
     for y0 in range(0, H, th):
         qy = rows[y0 : y0 + th]
         wy = _window_start(qy, Sh, H)
-        ry = torch.arange(int(wy[0]), int(wy[-1]) + Sh, device=feats.device)
-        row_ok = (ry >= wy[:, None]) & (ry < wy[:, None] + Sh)
+        ry = torch.arange(int(wy[0]), int(wy[-1]) + Sh, device=device)
+        row_out = (ry < wy[:, None]) | (ry >= wy[:, None] + Sh)
         row_near = (ry - qy[:, None]).abs() <= exclude_radius
         for x0 in range(0, W, tw):
             qx = cols[x0 : x0 + tw]
             wx = _window_start(qx, Sw, W)
-            rx = torch.arange(int(wx[0]), int(wx[-1]) + Sw, device=feats.device)
-            col_ok = (rx >= wx[:, None]) & (rx < wx[:, None] + Sw)
+            rx = torch.arange(int(wx[0]), int(wx[-1]) + Sw, device=device)
+            col_out = (rx < wx[:, None]) | (rx >= wx[:, None] + Sw)
             col_near = (rx - qx[:, None]).abs() <= exclude_radius
-            valid = (row_ok[:, None, :, None] & col_ok[None, :, None, :]) & ~(
+            # Candidates outside the pixel's window, or in its excluded neighbourhood.
+            blocked = (row_out[:, None, :, None] | col_out[None, :, None, :]) | (
                 row_near[:, None, :, None] & col_near[None, :, None, :]
             )
             q_idx = (qy[:, None] * W + qx[None, :]).view(-1)
             c_idx = (ry[:, None] * W + rx[None, :]).view(-1)
-            for b in range(B):
-                q, c = nodes[b, q_idx], nodes[b, c_idx]
-                dist = sq_norms[b, q_idx, None] + sq_norms[b, None, c_idx] - 2 * (q @ c.t())
-                dist.masked_fill_(~valid.view(q_idx.numel(), c_idx.numel()), float("inf"))
-                chosen = c_idx[_select_k(dist, k)]
-                neighbours[b, y0 : y0 + th, x0 : x0 + tw] = chosen.view(len(qy), len(qx), k)
+            Q, M = q_idx.numel(), c_idx.numel()
+            blocked = blocked.view(Q, M)
+            # Several images per block when tiles are small (patch batches).
+            per_block = max(1, _BLOCK_ELEMENTS // (Q * M))
+            for b0 in range(0, B, per_block):
+                b1 = min(B, b0 + per_block)
+                dist = torch.bmm(queries[b0:b1, q_idx], candidates[b0:b1, c_idx].transpose(1, 2))
+                dist.masked_fill_(blocked, float("inf"))
+                chosen = c_idx[_select_k(dist.view(-1, M), k)]
+                neighbours[b0:b1, y0 : y0 + th, x0 : x0 + tw] = chosen.view(
+                    b1 - b0, len(qy), len(qx), k
+                )
 
-    offsets = torch.arange(B, device=feats.device).view(B, 1, 1, 1) * (H * W)
+    offsets = torch.arange(B, device=device).view(B, 1, 1, 1) * (H * W)
     return (neighbours + offsets).view(-1, k)
 
 

@@ -105,9 +105,11 @@ def _knn_torch(feats: Tensor, k: int, exclude_radius: int, window: tuple[int, in
     rows = torch.arange(H, device=device)
     cols = torch.arange(W, device=device)
 
-    # Query tiles: rectangles whose candidate region (union of their windows) keeps the
-    # distance block within _BLOCK_ELEMENTS.
-    th, tw = H, W
+    # Query tiles: rectangles whose candidate region (the union of their windows) keeps the
+    # distance block within _BLOCK_ELEMENTS. With a window, tiles a third of its side keep
+    # that union under twice the window itself, so little distance work is wasted.
+    th = H if Sh == H else min(H, max(8, Sh // 3))
+    tw = W if Sw == W else min(W, max(8, Sw // 3))
     while th * tw * min(H, th + Sh - 1) * min(W, tw + Sw - 1) > _BLOCK_ELEMENTS and th * tw > 1:
         if th >= tw:
             th = (th + 1) // 2

@@ -26,9 +26,9 @@ from torch import Tensor
 _CHUNK_ELEMENTS = 1 << 18
 
 
-# Fewest edges per chunk: narrow layers (small r * F_h) would otherwise pay Python overhead
-# for hundreds of tiny chunks.
-_MIN_CHUNK_EDGES = 8192
+# Fewest edges per chunk: guards very wide layers against thousands of tiny chunks (narrow
+# layers get long chunks from the element budget anyway).
+_MIN_CHUNK_EDGES = 128
 
 
 def _edge_chunks(num_edges: int, width: int) -> list[tuple[int, int]]:

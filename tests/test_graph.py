@@ -187,3 +187,17 @@ def test_graph_building_inside_compiled_model():
     img = torch.randn(1, 4, 6, 6)
     compiled = torch.compile(model, backend="eager")
     assert torch.allclose(compiled(img), model(img), atol=1e-6)
+
+
+@pytest.mark.skipif(not WITH_TORCH_CLUSTER, reason="needs the [cluster] extra")
+@pytest.mark.parametrize("case", ["flat", "quantised"])
+def test_torch_cluster_backend_breaks_ties_like_torch(case):
+    torch.manual_seed(0)
+    if case == "flat":
+        feats = torch.zeros(2, 3, 5, 5)
+    else:
+        feats = torch.randint(0, 3, (2, 2, 12, 12)).float()
+        feats[1] = torch.randn(2, 12, 12)  # one image without ties
+    a = image_knn_graph(feats, k=3, backend="torch")
+    b = image_knn_graph(feats, k=3, backend="torch_cluster")
+    assert torch.equal(a, b)

@@ -156,9 +156,9 @@ def _knn_torch_cluster(feats: Tensor, k: int, exclude_radius: int) -> Tensor:
 
     B, _, H, W = feats.shape
     nodes = image_to_nodes(feats)
-    num_excluded = (2 * exclude_radius + 1) ** 2
-    # The k nearest outside the exclusion zone are among the k + |zone| nearest overall.
-    num_candidates = min(H * W, k + num_excluded)
+    # The k nearest outside the exclusion zone are among the k + |zone| nearest overall; one
+    # more tells whether a tie runs past the list.
+    num_candidates = min(H * W, k + (2 * exclude_radius + 1) ** 2 + 1)
     batch = torch.arange(B, device=feats.device).repeat_interleave(H * W)
     centre, cand = torch_cluster.knn(nodes, nodes, num_candidates, batch, batch)
     if centre.numel() != B * H * W * num_candidates:
@@ -171,8 +171,19 @@ def _knn_torch_cluster(feats: Tensor, k: int, exclude_radius: int) -> Tensor:
     near = ((local_c // W - local_q // W).abs() <= exclude_radius) & (
         (local_c % W - local_q % W).abs() <= exclude_radius
     )
-    dist = (nodes[cand] - nodes[centre]).pow(2).sum(-1).masked_fill(near, float("inf"))
-    return cand.gather(1, _select_k_by_index(dist, cand, k))
+    raw = (nodes[cand] - nodes[centre]).pow(2).sum(-1)
+    dist = raw.masked_fill(near, float("inf"))
+    pos = _select_k_by_index(dist, cand, k)
+    neighbours = cand.gather(1, pos)
+    # torch_cluster orders equal distances arbitrarily: where the k-th distance kept equals the
+    # farthest candidate returned, an unlisted pixel may tie with it. Such images (flat
+    # regions) are redone by the torch backend, which breaks ties by index.
+    if num_candidates < H * W:
+        tied = dist.gather(1, pos[:, -1:]).squeeze(1) >= raw.max(dim=1).values
+        for b in tied.view(B, H * W).any(dim=1).nonzero().view(-1).tolist():
+            redo = _knn_torch(feats[b : b + 1], k, exclude_radius, (H, W)) + b * H * W
+            neighbours.view(B, H * W, k)[b] = redo
+    return neighbours
 
 
 def _select_k_by_index(dist: Tensor, index: Tensor, k: int) -> Tensor:

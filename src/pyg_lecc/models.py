@@ -37,7 +37,7 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
 
 class LocalNonLocalConv(nn.Module):
     r"""The graph-convolutional layer of NIR-GNN (equation (1) of the paper): a local 3x3
-    convolution and a non-local :class:`~pyg_lecc.LightweightECC` over an image graph,
+    convolution and a non-local :class:`~pyg_lecc.LightweightECC` over an image graph.
 
     .. math::
         \mathbf{h}'_i = \tfrac{1}{2}\big(\mathbf{h}^{L}_i + \mathbf{h}^{NL}_i\big) + \mathbf{b}.
@@ -262,7 +262,7 @@ def matched_cnn_features(gnn_features: int = 99, **kwargs: Any) -> int:
 
     Example:
         >>> matched_cnn_features(12, rank=2)
-        15
+        12
     """
     kwargs = {k: v for k, v in kwargs.items() if k != "non_local"}
     with torch.device("meta"):

@@ -1,0 +1,478 @@
+"""The ``pyg-lecc`` command line: train, evaluate and run NIR-GNN colorization models.
+
+Sub-commands:
+
+- ``train``: train NIR-GNN or the CNN baseline with the paper's recipe
+  (:mod:`pyg_lecc.training`).
+- ``evaluate``: colorize the NIR images of a data set split and report PSNR, SSIM and the two
+  angular errors against the RGB ground truth (per image and mean), optionally as JSON.
+- ``colorize``: colorize NIR image files of any size (tiled, bounded memory) into 8-bit RGB
+  PNGs; ``--demo`` colorizes the sample images bundled with the package.
+
+Bad input (missing or unreadable files, unpairable data, outputs that already exist, invalid
+values) ends with one line ``pyg-lecc: error: ...`` on stderr and exit code 2.
+
+Example:
+    .. code-block:: console
+
+        $ pyg-lecc colorize scene_nir.tif -o colorized/ --weights default
+        $ pyg-lecc evaluate --data ../shared/data/vcip2020 --weights runs/gnn/weights.pt \\
+              --json runs/gnn/validation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyg_lecc.data import find_pairs, load_pair, read_nir, read_rgb, write_rgb_png
+from pyg_lecc.inference import (
+    DEFAULT_CONTEXT,
+    DEFAULT_SEARCH_WINDOW,
+    DEFAULT_TILE,
+    colorize,
+    load_model,
+    resolve_weights,
+    sample_pairs,
+)
+from pyg_lecc.metrics import METRIC_KEYS, evaluate_pair, summarize
+from pyg_lecc.models import list_models
+
+__all__ = ["build_parser", "main"]
+
+PROG = "pyg-lecc"
+EXIT_USAGE = 2
+DEMO_OUT = "pyg-lecc-demo"
+"""Output folder of ``colorize --demo`` when ``-o`` is not given."""
+
+_COLUMNS = (
+    ("psnr", "PSNR [dB]"),
+    ("ssim", "SSIM"),
+    ("ae_deg", "AE [deg]"),
+    ("ae_img_rad", "AE img [rad]"),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing
+# --------------------------------------------------------------------------------------------
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _add_tiling(parser: argparse.ArgumentParser, tile: int) -> None:
+    parser.add_argument(
+        "--tile",
+        type=_int_at_least(1),
+        default=tile,
+        help=f"side of the part of each tile that is kept (default: {tile})",
+    )
+    parser.add_argument(
+        "--context",
+        type=_int_at_least(0),
+        default=DEFAULT_CONTEXT,
+        help=f"pixels of context around each tile (default: {DEFAULT_CONTEXT})",
+    )
+    parser.add_argument(
+        "--search-window",
+        type=_int_at_least(0),
+        default=DEFAULT_SEARCH_WINDOW,
+        help=f"side of the kNN search window, 0 for whole tiles (default: {DEFAULT_SEARCH_WINDOW})",
+    )
+
+
+def _add_model_choice(parser: argparse.ArgumentParser, weights_required: bool) -> None:
+    parser.add_argument(
+        "--weights",
+        required=weights_required,
+        default=None if weights_required else "default",
+        metavar="PATH|default",
+        help="weights file, or 'default' for the weights shipped with the package"
+        + ("" if weights_required else " (default: default)"),
+    )
+    parser.add_argument(
+        "--model",
+        choices=list_models(),
+        default="nir-gnn",
+        help="which default weights '--weights default' means; a weights file names its "
+        "own model (default: nir-gnn)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pyg-lecc``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="NIR image colorization with NIR-GNN (graph-convolutional) and its CNN "
+        "baseline.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # train: defaults are those of pyg_lecc.training.TrainConfig (the paper's recipe).
+    p = sub.add_parser(
+        "train",
+        help="train a model",
+        description="Train NIR-GNN or the CNN "
+        "baseline with the paper's recipe (Adam, MSE, 42x42 patches).",
+    )
+    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder")
+    p.add_argument("--model", choices=list_models(), default="nir-gnn", help="(default: nir-gnn)")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output folder")
+    for flag, kind, default, text in (
+        ("--iters", _int_at_least(1), 300_000, "training iterations"),
+        ("--batch-size", _int_at_least(1), 10, "patches per batch"),
+        ("--patch", _int_at_least(1), 42, "side of the training patches"),
+        ("--lr", _positive_float, 1e-4, "initial learning rate"),
+        ("--lr-end", _positive_float, 1e-5, "final learning rate (exponential decay)"),
+        ("--features", _int_at_least(3), 99, "width F (for cnn: the NIR-GNN width to match)"),
+        ("--rank", _int_at_least(1), 11, "rank of the lightweight ECC"),
+        ("--k", _int_at_least(1), 8, "non-local neighbours per pixel"),
+        ("--layers-per-block", _int_at_least(1), 3, "graph layers per HPF/LPF block"),
+        ("--seed", _int_at_least(0), 0, "random seed"),
+        ("--val-every", _int_at_least(1), 1000, "validate every N iterations"),
+        ("--ckpt-every", _int_at_least(1), 200, "checkpoint every N iterations"),
+    ):
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default:g})")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    p.add_argument(
+        "--val-split",
+        choices=("validation", "val", "train"),
+        default="validation",
+        help="split to validate on (default: validation)",
+    )
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model on a data set split",
+        description="Colorize every NIR image of a split and compare it with the RGB ground "
+        "truth: PSNR, SSIM, per-pixel angular error (degrees) and whole-image angular error "
+        "(radians, the paper's AE).",
+    )
+    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder")
+    p.add_argument(
+        "--split",
+        choices=("validation", "val", "train"),
+        default="validation",
+        help="(default: validation)",
+    )
+    _add_model_choice(p, weights_required=True)
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    p.add_argument("--save-dir", type=Path, metavar="DIR", help="save the colorized PNGs")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    # 256x256 VCIP images fit in one tile: they are run whole.
+    _add_tiling(p, tile=256)
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "colorize",
+        help="colorize NIR images",
+        description="Colorize NIR images (PNG, JPEG or TIFF, 8 or 16 bit, any size) into "
+        "OUT_DIR/<stem>.png (8-bit RGB). Large images are processed in overlapping tiles.",
+    )
+    p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="NIR image files")
+    p.add_argument("-o", "--out", type=Path, metavar="OUT_DIR", help="output folder")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"colorize the sample images bundled with the package (default -o: {DEMO_OUT})",
+    )
+    _add_model_choice(p, weights_required=False)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_tiling(p, tile=DEFAULT_TILE)
+    p.set_defaults(handler=_cmd_colorize)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"invalid device {device!r}: {err}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available: CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} is not available: MPS is not available")
+    return dev
+
+
+def _peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return "peak memory n/a"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    peak_bytes = peak if sys.platform == "darwin" else peak * 1024
+    return f"peak RSS {peak_bytes / 2**20:.0f} MiB"
+
+
+def _search_window(value: int) -> int | None:
+    return value or None
+
+
+def _format_row(name: str, metrics: dict[str, float], width: int) -> str:
+    cells = [f"{metrics[key]:>{max(len(title), 8)}.4f}" for key, title in _COLUMNS]
+    return f"{name:<{width}}  " + "  ".join(cells)
+
+
+def _format_header(width: int) -> str:
+    return f"{'image':<{width}}  " + "  ".join(
+        f"{title:>{max(len(title), 8)}}" for _, title in _COLUMNS
+    )
+
+
+def _write_json(path: Path, payload: dict[str, Any], overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
+    if overwrite:
+        return
+    for path in paths:
+        if path.exists():
+            raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+
+
+# --------------------------------------------------------------------------------------------
+# Sub-commands
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    # Imported here: training pulls in torch.distributed and tqdm, not needed otherwise.
+    from pyg_lecc.training import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data,
+        out=args.out,
+        model=args.model,
+        features=args.features,
+        rank=args.rank,
+        k=args.k,
+        layers_per_block=args.layers_per_block,
+        iters=args.iters,
+        batch_size=args.batch_size,
+        patch=args.patch,
+        lr=args.lr,
+        lr_end=args.lr_end,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        val_every=args.val_every,
+        ckpt_every=args.ckpt_every,
+        val_split=args.val_split,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    summary = train(config)
+    print(f"training done: {summary.get('iterations')} iterations, run folder {args.out}")
+    for key in ("weights", "checkpoint", "log"):
+        if summary.get(key):
+            print(f"  {key}: {summary[key]}")
+    val = summary.get("val")
+    if isinstance(val, dict) and all(k in val for k in METRIC_KEYS):
+        width = max(len("validation"), 8)
+        print(_format_header(width))
+        print(_format_row("validation", val, width))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    device = _check_device(args.device)
+    pairs = find_pairs(args.data, args.split)
+    # Refuse before any work: an existing JSON or PNG is never replaced without --overwrite.
+    if args.json is not None:
+        _refuse_existing([args.json], args.overwrite)
+    if args.save_dir is not None:
+        _refuse_existing([args.save_dir / f"{p.name}.png" for p in pairs], args.overwrite)
+    weights = resolve_weights(args.weights, args.model)
+    model, name = load_model(weights, args.model, device)
+
+    print(f"{name} ({weights}) on {len(pairs)} {args.split} images of {args.data}")
+    width = max(len("mean"), *(len(p.name) for p in pairs))
+    print(_format_header(width))
+    per_image: list[dict[str, Any]] = []
+    for pair in pairs:
+        nir, rgb = load_pair(pair)
+        pred = colorize(
+            model,
+            nir,
+            tile=args.tile,
+            context=args.context,
+            search_window=_search_window(args.search_window),
+            device=device,
+        )
+        metrics = evaluate_pair(pred, rgb)
+        per_image.append({"name": pair.name, **metrics})
+        print(_format_row(pair.name, metrics, width), flush=True)
+        if args.save_dir is not None:
+            write_rgb_png(args.save_dir / f"{pair.name}.png", pred, overwrite=args.overwrite)
+    mean = summarize(per_image)
+    print(_format_row("mean", mean, width))
+
+    if args.json is not None:
+        payload = {
+            "model": name,
+            "weights": str(weights),
+            "split": args.split,
+            **mean,
+            "num_images": len(per_image),
+            "tile": args.tile,
+            "context": args.context,
+            "search_window": _search_window(args.search_window),
+            "per_image": per_image,
+        }
+        _write_json(args.json, payload, args.overwrite)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_colorize(args: argparse.Namespace) -> int:
+    truth: dict[Path, Path] = {}
+    if args.demo:
+        if args.inputs:
+            raise ValueError("--demo colorizes the bundled samples: give no INPUT files")
+        pairs = sample_pairs()
+        inputs = [p.nir_path for p in pairs]
+        truth = {p.nir_path: p.rgb_path for p in pairs}
+        out_dir = args.out if args.out is not None else Path(DEMO_OUT)
+    else:
+        if not args.inputs:
+            raise ValueError("no INPUT image given (or use --demo)")
+        if args.out is None:
+            raise ValueError("the output folder -o/--out OUT_DIR is required")
+        inputs, out_dir = args.inputs, args.out
+    device = _check_device(args.device)
+
+    # All checks before any work, so a refused run writes nothing.
+    outputs: dict[Path, Path] = {}
+    for src in inputs:
+        if not src.is_file():
+            raise FileNotFoundError(f"input image not found: {src}")
+        dst = out_dir / f"{src.stem}.png"
+        if dst in outputs:
+            raise ValueError(f"{outputs[dst]} and {src} would both be written to {dst}")
+        outputs[dst] = src
+    _refuse_existing(list(outputs), args.overwrite)
+    weights = resolve_weights(args.weights, args.model)
+    model, name = load_model(weights, args.model, device)
+    print(f"{name} ({weights}) on {device}")
+
+    for dst, src in outputs.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        nir = read_nir(src)
+        rgb = colorize(
+            model,
+            nir,
+            tile=args.tile,
+            context=args.context,
+            search_window=_search_window(args.search_window),
+            device=device,
+        )
+        seconds = time.perf_counter() - start
+        write_rgb_png(dst, rgb, overwrite=args.overwrite)
+        line = f"{src} -> {dst}  {nir.shape[1]}x{nir.shape[0]}  {seconds:.2f} s  "
+        line += _peak_memory(device)
+        if src in truth:
+            # Demo samples come with their ground truth: show how close the colors are.
+            metrics = evaluate_pair(rgb, read_rgb(truth[src]))
+            line += f"  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.3f}"
+        print(line, flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``pyg-lecc`` with ``argv`` (default: ``sys.argv[1:]``).
+
+    Args:
+        argv: Command-line arguments without the program name.
+
+    Returns:
+        The exit code: 0 on success, 2 for bad usage or bad input (a one-line
+        ``pyg-lecc: error: ...`` message on stderr), 130 when interrupted.
+
+    Example:
+        >>> main(["colorize", "scene_nir.png", "-o", "out"])  # doctest: +SKIP
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already reported by argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return int(args.handler(args))
+    except (OSError, ValueError) as err:
+        # Bad input: missing / unreadable / existing files, unpairable data, invalid values
+        # (ImageReadError and PairingError are ValueErrors). One line, no traceback.
+        message = str(err) if str(err) else type(err).__name__
+        if isinstance(err, OSError) and err.filename is not None and err.strerror:
+            message = f"{err.strerror}: {err.filename}"
+        print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

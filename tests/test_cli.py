@@ -1,0 +1,386 @@
+"""Tests of the pyg-lecc command line (and of examples/nir_colorize.py) on tiny synthetic data."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from pyg_lecc import inference
+from pyg_lecc.cli import main
+from pyg_lecc.data import read_nir, read_rgb
+from pyg_lecc.inference import colorize, load_model
+from pyg_lecc.metrics import METRIC_KEYS, evaluate_pair
+from pyg_lecc.models import NIRGNN, save_weights
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nir_colorize.py"
+NAMES = ("scene_a", "scene_b")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The test machine is small and shared: intra-op threads only contend (several-fold
+    # slower under load), so run single-threaded and restore the setting afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _nir(h: int, w: int, seed: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    base = 0.5 + 0.3 * np.sin(5 * x + seed) * np.cos(4 * y)
+    noise = 0.05 * np.random.default_rng(seed).standard_normal((h, w))
+    return np.clip(base + noise, 0, 1)
+
+
+def _write_split(base: Path, seed: int = 0) -> None:
+    for i, name in enumerate(NAMES):
+        nir = _nir(24, 24, seed + i)
+        rgb = np.stack([nir * 0.9, nir**2, 1 - nir], axis=-1)
+        (base / "nir").mkdir(parents=True, exist_ok=True)
+        (base / "rgb").mkdir(parents=True, exist_ok=True)
+        iio.imwrite(base / "nir" / f"{name}.png", (nir * 255).round().astype(np.uint8))
+        iio.imwrite(base / "rgb" / f"{name}.png", (rgb * 255).round().astype(np.uint8))
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    root = tmp_path / "data"
+    _write_split(root / "train", seed=0)
+    _write_split(root / "validation", seed=10)
+    return root
+
+
+def _tiny(non_local: bool) -> NIRGNN:
+    torch.manual_seed(0)
+    return NIRGNN(features=6, rank=2, k=4, layers_per_block=1, non_local=non_local).eval()
+
+
+@pytest.fixture
+def gnn_weights(tmp_path) -> Path:
+    path = tmp_path / "tiny-gnn.pt"
+    save_weights(_tiny(True), "nir-gnn", path)
+    return path
+
+
+@pytest.fixture
+def cnn_weights(tmp_path) -> Path:
+    path = tmp_path / "tiny-cnn.pt"
+    save_weights(_tiny(False), "cnn", path)
+    return path
+
+
+def _nir_file(path: Path, h: int, w: int, seed: int = 0, bits: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scale, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
+    iio.imwrite(path, (_nir(h, w, seed) * scale).round().astype(dtype))
+    return path
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pyg-lecc: error: ")
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def test_evaluate_json_matches_direct_metrics(tmp_path, data, gnn_weights, capsys):
+    out = tmp_path / "res" / "val.json"
+    save = tmp_path / "pngs"
+    argv = ["evaluate", "--data", str(data), "--weights", str(gnn_weights), "--json", str(out)]
+    assert main([*argv, "--save-dir", str(save)]) == 0
+    stdout = capsys.readouterr().out
+    assert "mean" in stdout and "PSNR" in stdout
+
+    result = json.loads(out.read_text())
+    assert result["model"] == "nir-gnn"
+    assert result["weights"] == str(gnn_weights)
+    assert result["split"] == "validation"
+    assert [e["name"] for e in result["per_image"]] == sorted(NAMES)
+
+    model, _ = load_model(gnn_weights)
+    expected = []
+    for name in sorted(NAMES):
+        nir = read_nir(data / "validation" / "nir" / f"{name}.png")
+        pred = colorize(model, nir, tile=256, search_window=49)
+        expected.append(evaluate_pair(pred, read_rgb(data / "validation" / "rgb" / f"{name}.png")))
+        assert iio.imread(save / f"{name}.png").shape == (24, 24, 3)
+    for entry, exp in zip(result["per_image"], expected, strict=True):
+        for key in METRIC_KEYS:
+            assert entry[key] == pytest.approx(exp[key], rel=1e-6, abs=1e-9)
+    for key in METRIC_KEYS:
+        assert result[key] == pytest.approx(np.mean([e[key] for e in expected]), rel=1e-6)
+
+
+def test_evaluate_refuses_to_overwrite_json(tmp_path, data, cnn_weights, capsys):
+    out = tmp_path / "val.json"
+    out.write_text("{}")
+    argv = ["evaluate", "--data", str(data), "--weights", str(cnn_weights), "--json", str(out)]
+    assert main(argv) == 2
+    assert "val.json" in _error_line(capsys)
+    assert out.read_text() == "{}"
+    assert main([*argv, "--overwrite", "--model", "nir-gnn"]) == 0
+    # The weights file, not --model, names the model.
+    assert json.loads(out.read_text())["model"] == "cnn"
+
+
+def test_evaluate_refuses_to_overwrite_png(tmp_path, data, cnn_weights, capsys):
+    save = tmp_path / "pngs"
+    save.mkdir()
+    (save / "scene_b.png").write_bytes(b"old")
+    argv = ["evaluate", "--data", str(data), "--weights", str(cnn_weights)]
+    assert main([*argv, "--save-dir", str(save)]) == 2
+    assert "scene_b.png" in _error_line(capsys)
+    assert (save / "scene_b.png").read_bytes() == b"old"
+    assert not (save / "scene_a.png").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# colorize
+# --------------------------------------------------------------------------------------------
+
+
+def test_colorize_writes_pngs(tmp_path, gnn_weights, capsys):
+    a = _nir_file(tmp_path / "in" / "a_nir.png", 24, 24)
+    b = _nir_file(tmp_path / "in" / "b.tif", 30, 41, seed=1, bits=16)
+    out = tmp_path / "out"
+    argv = ["colorize", str(a), str(b), "-o", str(out), "--weights", str(gnn_weights)]
+    assert main([*argv, "--tile", "16", "--context", "4", "--search-window", "9"]) == 0
+    for name, shape in (("a_nir.png", (24, 24, 3)), ("b.png", (30, 41, 3))):
+        img = iio.imread(out / name)
+        assert img.shape == shape and img.dtype == np.uint8
+    stdout = capsys.readouterr().out
+    assert stdout.count(" s  peak ") == 2
+
+
+def test_colorize_refuses_overwrite(tmp_path, cnn_weights, capsys):
+    a = _nir_file(tmp_path / "a.png", 20, 20)
+    b = _nir_file(tmp_path / "b.png", 20, 20, seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"precious")
+    argv = ["colorize", str(a), str(b), "-o", str(out), "--weights", str(cnn_weights)]
+    assert main(argv) == 2
+    assert "b.png" in _error_line(capsys)
+    assert (out / "b.png").read_bytes() == b"precious"
+    assert not (out / "a.png").exists()  # nothing written at all
+
+    assert main([*argv, "--overwrite"]) == 0
+    assert iio.imread(out / "b.png").shape == (20, 20, 3)
+    assert iio.imread(out / "a.png").shape == (20, 20, 3)
+
+
+def test_colorize_demo(tmp_path, cnn_weights, capsys):
+    out = tmp_path / "demo"
+    argv = ["colorize", "--demo", "-o", str(out), "--weights", str(cnn_weights)]
+    assert main([*argv, "--tile", "256"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [f"validation_{n}_nir.png" for n in ("0000", "0004", "0013", "0016")]
+    assert iio.imread(out / written[0]).shape == (256, 256, 3)
+    assert capsys.readouterr().out.count("PSNR") == 4
+
+
+def _bad_png(path: Path) -> Path:
+    path.write_text("not an image")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("missing_input", "nope_nir.png"),
+        ("corrupt_input", "broken.png"),
+        ("colour_input", "colour.png"),
+        ("missing_weights", "absent.pt"),
+        ("bad_weights", "garbage.pt"),
+        ("missing_default_weights", "nir-gnn.pt"),
+        ("missing_data", "no_such_dir"),
+        ("unpaired_data", "scene_a"),
+        ("bad_device", "bogus"),
+        ("no_input", "INPUT"),
+        ("demo_with_input", "--demo"),
+        ("duplicate_output", "x.png"),
+    ],
+)
+def test_bad_input_exit_code_2(case, needle, tmp_path, data, cnn_weights, capsys, monkeypatch):
+    good = _nir_file(tmp_path / "good.png", 16, 16)
+    out = ["-o", str(tmp_path / "out")]
+    weights = ["--weights", str(cnn_weights)]
+    if case == "missing_input":
+        argv = ["colorize", str(tmp_path / "nope_nir.png"), *out, *weights]
+    elif case == "corrupt_input":
+        argv = ["colorize", str(_bad_png(tmp_path / "broken.png")), *out, *weights]
+    elif case == "colour_input":
+        colour = tmp_path / "colour.png"
+        iio.imwrite(colour, np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8))
+        argv = ["colorize", str(colour), *out, *weights]
+    elif case == "missing_weights":
+        argv = ["colorize", str(good), *out, "--weights", str(tmp_path / "absent.pt")]
+    elif case == "bad_weights":
+        garbage = tmp_path / "garbage.pt"
+        garbage.write_bytes(b"\x00" * 10)
+        argv = ["evaluate", "--data", str(data), "--weights", str(garbage)]
+    elif case == "missing_default_weights":
+        missing = tmp_path / "weights" / "nir-gnn.pt"
+        monkeypatch.setattr(inference, "default_weights_path", lambda name: missing)
+        argv = ["colorize", str(good), *out, "--weights", "default"]
+    elif case == "missing_data":
+        argv = ["evaluate", "--data", str(tmp_path / "no_such_dir"), *weights]
+    elif case == "unpaired_data":
+        (data / "validation" / "rgb" / "scene_a.png").unlink()
+        argv = ["evaluate", "--data", str(data), *weights]
+    elif case == "bad_device":
+        argv = ["colorize", str(good), *out, *weights, "--device", "bogus"]
+    elif case == "no_input":
+        argv = ["colorize", *out, *weights]
+    elif case == "demo_with_input":
+        argv = ["colorize", "--demo", str(good), *out, *weights]
+    else:  # two inputs with the same stem
+        x1 = _nir_file(tmp_path / "d1" / "x.png", 16, 16)
+        x2 = _nir_file(tmp_path / "d2" / "x.png", 16, 16)
+        argv = ["colorize", str(x1), str(x2), *out, *weights]
+    assert main(argv) == 2
+    assert needle in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["colorize", "a.png", "--tile", "0"], ["evaluate", "--data", "x"], ["frobnicate"]],
+)
+def test_usage_errors(argv, capsys):
+    assert main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_help_returns_0(capsys):
+    assert main(["--help"]) == 0
+    assert "colorize" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+
+def test_train_builds_config(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    class FakeConfig:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+    def fake_train(config):
+        return {"iterations": 7, "weights": "w.pt", "val": None}
+
+    fake = types.ModuleType("pyg_lecc.training")
+    fake.TrainConfig, fake.train = FakeConfig, fake_train
+    monkeypatch.setitem(sys.modules, "pyg_lecc.training", fake)
+    argv = ["train", "--data", "d", "--out", "o", "--model", "cnn", "--iters", "7"]
+    argv += ["--lr", "2e-4", "--lr-end", "3e-5", "--threads", "1", "--no-progress", "--resume"]
+    assert main(argv) == 0
+    assert seen == {
+        "data": Path("d"),
+        "out": Path("o"),
+        "model": "cnn",
+        "features": 99,
+        "rank": 11,
+        "k": 8,
+        "layers_per_block": 3,
+        "iters": 7,
+        "batch_size": 10,
+        "patch": 42,
+        "lr": 2e-4,
+        "lr_end": 3e-5,
+        "seed": 0,
+        "device": "cpu",
+        "resume": True,
+        "val_every": 1000,
+        "ckpt_every": 200,
+        "val_split": "validation",
+        "threads": 1,
+        "progress": False,
+    }
+    assert "7 iterations" in capsys.readouterr().out
+
+
+def test_train_tiny_run(tmp_path, data, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(run), "--iters", "2", "--batch-size", "2"]
+    argv += ["--patch", "12", "--features", "6", "--rank", "2", "--k", "4"]
+    argv += ["--layers-per-block", "1", "--val-every", "2", "--ckpt-every", "1"]
+    argv += ["--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    assert "2 iterations" in capsys.readouterr().out
+    weights = next(run.glob("*.pt"))
+    model, name = load_model(run / "weights.pt" if (run / "weights.pt").exists() else weights)
+    assert name == "nir-gnn" and model.features == 6
+    # An existing run is not silently overwritten.
+    assert main(argv) == 2
+    _error_line(capsys)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+
+def test_module_entry_point():
+    done = subprocess.run(
+        [sys.executable, "-m", "pyg_lecc.cli", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    for command in ("train", "evaluate", "colorize"):
+        assert command in done.stdout
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("nir_colorize", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_script_on_folder(tmp_path, data, gnn_weights, cnn_weights, capsys):
+    example = _load_example()
+    out = tmp_path / "example_out"
+    argv = ["--data", str(data), "--out", str(out)]
+    argv += ["--gnn-weights", str(gnn_weights), "--cnn-weights", str(cnn_weights)]
+    assert example.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert str(out) in stdout
+    assert stdout.count("mean") == 2  # one table per model
+    figure = iio.imread(out / "comparison.png")
+    assert figure.ndim == 3 and figure.shape[0] < figure.shape[1]  # 2 rows, 4 columns
+    for model in ("nir-gnn", "cnn"):
+        assert sorted(p.name for p in (out / model).iterdir()) == [f"{n}.png" for n in NAMES]
+    # Outputs are not replaced without --overwrite.
+    before = (out / "comparison.png").read_bytes()
+    assert example.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "comparison.png").read_bytes() == before
+    assert example.main([*argv, "--overwrite"]) == 0
+
+
+def test_example_script_missing_default_weights(tmp_path, monkeypatch, capsys):
+    example = _load_example()
+    missing = tmp_path / "weights" / "x.pt"
+    monkeypatch.setattr(inference, "default_weights_path", lambda name: missing)
+    assert example.main(["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "default weights" in err and str(missing) in err
+    assert not (tmp_path / "o").exists()

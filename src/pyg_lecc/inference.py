@@ -196,8 +196,9 @@ def colorize(
     Example:
         >>> from pyg_lecc.models import nir_gnn
         >>> model = nir_gnn(features=6, rank=2, k=4, layers_per_block=1)
-        >>> colorize(model, np.random.rand(300, 200).astype(np.float32)).shape
-        (300, 200, 3)
+        >>> nir = np.random.rand(64, 40).astype(np.float32)
+        >>> colorize(model, nir, tile=24, context=8, search_window=9).shape  # 3 tiles
+        (64, 40, 3)
     """
     _check_int("tile", tile, 1)
     _check_int("context", context, 0)

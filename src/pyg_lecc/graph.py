@@ -116,26 +116,36 @@ def _knn_torch(feats: Tensor, k: int, exclude_radius: int, window: tuple[int, in
         else:
             tw = (tw + 1) // 2
 
+    # The mask of a tile depends only on where the queries and their windows sit relative to
+    # the tile's candidate region: interior tiles share one, so it is built once per pattern.
+    masks: dict[tuple, Tensor] = {}
     for y0 in range(0, H, th):
         qy = rows[y0 : y0 + th]
         wy = _window_start(qy, Sh, H)
         ry = torch.arange(int(wy[0]), int(wy[-1]) + Sh, device=device)
-        row_out = (ry < wy[:, None]) | (ry >= wy[:, None] + Sh)
-        row_near = (ry - qy[:, None]).abs() <= exclude_radius
         for x0 in range(0, W, tw):
             qx = cols[x0 : x0 + tw]
             wx = _window_start(qx, Sw, W)
             rx = torch.arange(int(wx[0]), int(wx[-1]) + Sw, device=device)
-            col_out = (rx < wx[:, None]) | (rx >= wx[:, None] + Sw)
-            col_near = (rx - qx[:, None]).abs() <= exclude_radius
-            # Candidates outside the pixel's window, or in its excluded neighbourhood.
-            blocked = (row_out[:, None, :, None] | col_out[None, :, None, :]) | (
-                row_near[:, None, :, None] & col_near[None, :, None, :]
-            )
             q_idx = (qy[:, None] * W + qx[None, :]).view(-1)
             c_idx = (ry[:, None] * W + rx[None, :]).view(-1)
             Q, M = q_idx.numel(), c_idx.numel()
-            blocked = blocked.view(Q, M)
+            key = tuple(
+                tuple((t - t0).tolist())
+                for t, t0 in ((qy, ry[0]), (wy, ry[0]), (qx, rx[0]), (wx, rx[0]))
+            )
+            key += (len(ry), len(rx))
+            blocked = masks.get(key)
+            if blocked is None:
+                # Candidates outside the pixel's window, or in its excluded neighbourhood.
+                row_out = (ry < wy[:, None]) | (ry >= wy[:, None] + Sh)
+                col_out = (rx < wx[:, None]) | (rx >= wx[:, None] + Sw)
+                row_near = (ry - qy[:, None]).abs() <= exclude_radius
+                col_near = (rx - qx[:, None]).abs() <= exclude_radius
+                blocked = (row_out[:, None, :, None] | col_out[None, :, None, :]) | (
+                    row_near[:, None, :, None] & col_near[None, :, None, :]
+                )
+                blocked = masks[key] = blocked.view(Q, M)
             # Several images per block when tiles are small (patch batches).
             per_block = max(1, _BLOCK_ELEMENTS // (Q * M))
             for b0 in range(0, B, per_block):

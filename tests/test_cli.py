@@ -23,14 +23,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nir_colorize.py"
 NAMES = ("scene_a", "scene_b")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The test machine is small and shared: intra-op threads only contend (several-fold
-    # slower under load), so run single-threaded and restore the setting afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nir(h: int, w: int, seed: int) -> np.ndarray:

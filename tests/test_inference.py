@@ -25,14 +25,7 @@ from pyg_lecc.models import NIRGNN, save_weights
 TINY_RADIUS = 3 * 3 + 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The test machine is small and shared: intra-op threads only contend (several-fold
-    # slower under load), so run single-threaded and restore the setting afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(non_local: bool = True, seed: int = 0) -> NIRGNN:

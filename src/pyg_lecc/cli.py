@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pyg_lecc.data import find_pairs, load_pair, read_nir, read_rgb, write_rgb_png
@@ -249,6 +250,20 @@ def _peak_memory(device: torch.device) -> str:
     return f"peak RSS {peak_bytes / 2**20:.0f} MiB"
 
 
+def _colorize_with_args(
+    model: torch.nn.Module, nir: np.ndarray, args: argparse.Namespace, device: str
+) -> np.ndarray:
+    # The tiling options shared by `evaluate` and `colorize`.
+    return colorize(
+        model,
+        nir,
+        tile=args.tile,
+        context=args.context,
+        search_window=_search_window(args.search_window),
+        device=device,
+    )
+
+
 def _search_window(value: int) -> int | None:
     return value or None
 
@@ -346,14 +361,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     per_image: list[dict[str, Any]] = []
     for pair in pairs:
         nir, rgb = load_pair(pair)
-        pred = colorize(
-            model,
-            nir,
-            tile=args.tile,
-            context=args.context,
-            search_window=_search_window(args.search_window),
-            device=device,
-        )
+        pred = _colorize_with_args(model, nir, args, device)
         metrics = evaluate_pair(pred, rgb)
         per_image.append({"name": pair.name, **metrics})
         print(_format_row(pair.name, metrics, width), flush=True)
@@ -415,14 +423,7 @@ def _cmd_colorize(args: argparse.Namespace) -> int:
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         nir = read_nir(src)
-        rgb = colorize(
-            model,
-            nir,
-            tile=args.tile,
-            context=args.context,
-            search_window=_search_window(args.search_window),
-            device=device,
-        )
+        rgb = _colorize_with_args(model, nir, args, device)
         seconds = time.perf_counter() - start
         write_rgb_png(dst, rgb, overwrite=args.overwrite)
         line = f"{src} -> {dst}  {nir.shape[1]}x{nir.shape[0]}  {seconds:.2f} s  "

@@ -279,11 +279,11 @@ class LightweightECC(MessagePassing):
         # W0 (x_j - x_i) = W0 x_j - W0 x_i: one product per node instead of per edge. The
         # source-side node tensors are gathered together (one gather, one scatter backward).
         V = (x_src @ self._circulant_matrix(self.psi_weight, Fin)).view(-1, r, Fh)
-        src_nodes = torch.cat(
-            [x_src, F.linear(x_src, self.lin0_weight), F.linear(x_src, self.psi_bias)], dim=-1
-        )
+        y_src = F.linear(x_src, self.lin0_weight)
+        y_dst = y_src if x_dst is x_src else F.linear(x_dst, self.lin0_weight)
+        src_nodes = torch.cat([x_src, y_src, F.linear(x_src, self.psi_bias)], dim=-1)
         x_j, y_j, c_j = src_nodes.index_select(0, src).split([Fin, Fh, r], dim=-1)
-        dst_nodes = torch.cat([x_dst, F.linear(x_dst, self.lin0_weight)], dim=-1)
+        dst_nodes = torch.cat([x_dst, y_dst], dim=-1)
         if degree is not None:
             # Edges grouped by target, `degree` each (kNN graphs): broadcasting replaces the
             # target-side gathers and scatters.

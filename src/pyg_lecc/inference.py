@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from pyg_lecc.data import ImagePair, find_pairs, read_nir, write_rgb_png
-from pyg_lecc.models import NIRGNN, default_weights_path, get_model, load_weights
+from pyg_lecc.models import NIRGNN, default_weights_path, model_from_weights
 
 __all__ = [
     "DEFAULT_CONTEXT",
@@ -338,11 +338,8 @@ def load_model(
     Example:
         >>> net, name = load_model("runs/gnn/best.pt")  # doctest: +SKIP
     """
-    path = resolve_weights(weights, model)
-    meta, _ = load_weights(path)
-    name = str(meta["model"])
-    net = get_model(name, weights=path)
-    return net.to(device).eval(), name
+    net, name = model_from_weights(resolve_weights(weights, model))
+    return net.to(device), name
 
 
 def sample_dir() -> Path:

@@ -356,17 +356,31 @@ def default_weights_path(name: str) -> Path:
     return _weights_dir() / f"{name}.pt"
 
 
+def model_from_weights(path: str | Path, **runtime: Any) -> tuple[NIRGNN, str]:
+    """Builds the model a weights file describes, loaded in eval mode (one read of the file).
+
+    Args:
+        path: A file written by :func:`save_weights`.
+        **runtime: ``search_window`` and ``graph_backend``, which the file does not fix.
+
+    Returns:
+        The model and its registered name (:obj:`"nir-gnn"` or :obj:`"cnn"`).
+    """
+    meta, state = load_weights(path)
+    model = NIRGNN(**meta["config"], **runtime)
+    model.load_state_dict(state)
+    return model.eval(), str(meta["model"])
+
+
 def _build(name: str, weights: str | Path | None, **kwargs: Any) -> NIRGNN:
     if weights is None:
         return NIRGNN(**kwargs)
     path = default_weights_path(name) if str(weights) == "default" else Path(weights)
-    meta, state = load_weights(path)
-    if meta["model"] != name:
-        raise ValueError(f"{path} holds weights of model {meta['model']!r}, not {name!r}")
     runtime = {k: kwargs[k] for k in ("search_window", "graph_backend") if k in kwargs}
-    model = NIRGNN(**meta["config"], **runtime)
-    model.load_state_dict(state)
-    return model.eval()
+    model, stored_name = model_from_weights(path, **runtime)
+    if stored_name != name:
+        raise ValueError(f"{path} holds weights of model {stored_name!r}, not {name!r}")
+    return model
 
 
 def model_card(name: str) -> dict[str, Any]:

@@ -4,7 +4,10 @@ implementations) against PyG's GCNConv, GATConv, NNConv (the original ECC) and E
 Every operator maps ``F`` to ``F`` features with mean aggregation where it has a choice:
 
 - ``lecc_node`` / ``lecc_edge``: ``LightweightECC(F, F, rank=r, circulant_stride=F // 3)``
-  with ``implementation="node"`` / ``"edge"``;
+  with ``implementation="node"`` / ``"edge"``; ``lecc_node`` runs the fused edge op with the
+  device's kernel (:func:`pyg_lecc.ops.backend_for`: Numba on CPU);
+- ``lecc_ref``: the same node-level layer with the fused op forced to its plain PyTorch
+  reference (:func:`pyg_lecc.ops.use_reference`), i.e. the fallback without a kernel;
 - ``gcn``: ``GCNConv(F, F)`` (self-loops and symmetric normalisation, PyG defaults);
 - ``gat``: ``GATConv(F, F // 3, heads=3)``, concatenated: output width ``F`` and about the
   parameter count of GCNConv;
@@ -51,8 +54,17 @@ from benchmarks.common import (
 )
 from pyg_lecc import LightweightECC, image_knn_graph, image_to_nodes
 from pyg_lecc.models import num_parameters
+from pyg_lecc.ops import backend_for, use_reference
 
-OPERATORS: tuple[str, ...] = ("lecc_node", "lecc_edge", "gcn", "gat", "nnconv", "edgeconv")
+OPERATORS: tuple[str, ...] = (
+    "lecc_node",
+    "lecc_ref",
+    "lecc_edge",
+    "gcn",
+    "gat",
+    "nnconv",
+    "edgeconv",
+)
 """Operator keys, in table order; ``lecc_node`` is the reference of every ratio."""
 GRAPHS: tuple[str, ...] = ("image_knn", "random")
 MODES: tuple[str, ...] = ("forward", "forward_backward")
@@ -148,9 +160,10 @@ def make_graphs(
 def build_operator(name: str, features: int, rank: int = 11, gat_heads: int = 3) -> nn.Module:
     """One operator mapping ``features`` to ``features`` channels (see the module doc)."""
     F = features
-    if name in ("lecc_node", "lecc_edge"):
+    if name in ("lecc_node", "lecc_ref", "lecc_edge"):
+        implementation = "edge" if name == "lecc_edge" else "node"
         return LightweightECC(
-            F, F, rank=rank, circulant_stride=F // 3, implementation=name.split("_")[1]
+            F, F, rank=rank, circulant_stride=F // 3, implementation=implementation
         )
     if name == "gcn":
         return GCNConv(F, F)
@@ -193,7 +206,7 @@ def _mode_fn(name: str, op: nn.Module, graph: GraphCase, mode: str) -> Callable[
         call = _call(name, op, graph.x, graph.edge_index)
 
         def forward() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), use_reference(name == "lecc_ref"):
                 call()
 
         return forward
@@ -205,7 +218,8 @@ def _mode_fn(name: str, op: nn.Module, graph: GraphCase, mode: str) -> Callable[
     def forward_backward() -> None:
         for p in (*params, x):
             p.grad = None
-        call().sum().backward()
+        with use_reference(name == "lecc_ref"):  # backward included
+            call().sum().backward()
 
     return forward_backward
 
@@ -329,6 +343,8 @@ def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
         "device": str(device),
         "choices": {
             "lecc": "LightweightECC(F, F, rank=r, circulant_stride=F//3), node and edge paths",
+            "lecc_node": f"fused edge op backend: {backend_for(device)}",
+            "lecc_ref": "node path, fused edge op forced to the plain PyTorch reference",
             "gcn": "GCNConv(F, F), PyG defaults (self-loops, symmetric normalisation)",
             "gat": f"GATConv(F, F//{cfg.gat_heads}, heads={cfg.gat_heads}, concat=True)",
             "nnconv": "NNConv(F, F, nn=Linear(F, F*F), aggr='mean'), edge_attr = x_j - x_i",

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from torch_geometric import EdgeIndex
 from torch_geometric.testing import assert_module
 
 from pyg_lecc import LightweightECC, image_knn_graph, image_to_nodes
@@ -293,3 +294,18 @@ def test_forward_errors(implementation):
         conv((x, torch.randn(2, 4)), torch.tensor([[0, 1], [1, 2]]))
     with pytest.raises(IndexError, match="source indices"):
         conv(x, torch.tensor([[-1, 0], [1, 2]]))
+
+
+def test_edge_index_sorted_by_target_equals_plain_tensor():
+    # What the graph builder hands over for the no-sort, no-sync path: an EdgeIndex sorted
+    # by target with its sparse size; its cached CSC pointers feed the fused op.
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(6, 4, rank=2, circulant_stride=(3, 2)))
+    feats = torch.randn(2, 6, 7, 8)
+    x, plain = image_to_nodes(feats), image_knn_graph(feats, k=5)
+    edge_index = EdgeIndex(plain, sparse_size=(x.size(0), x.size(0)), sort_order="col")
+    out = conv(x, edge_index)
+    assert edge_index._indptr is not None  # the pointers are cached for the next layer
+    assert torch.allclose(out, conv(x, plain), atol=1e-6)
+    shuffled = plain[:, torch.randperm(plain.size(1))]  # sorted inside the layer instead
+    assert torch.allclose(conv(x, shuffled), out, atol=1e-6)

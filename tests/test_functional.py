@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import pyg_lecc.functional as functional
+import pyg_lecc.ops.reference as reference
 from pyg_lecc import LightweightECC, image_knn_graph, image_to_nodes
 from pyg_lecc.functional import gather_contract, scatter_outer
 
@@ -9,8 +9,8 @@ from pyg_lecc.functional import gather_contract, scatter_outer
 @pytest.fixture(params=["one_chunk", "many_chunks"])
 def chunking(request, monkeypatch):
     if request.param == "many_chunks":  # chunk boundaries inside the edge list
-        monkeypatch.setattr(functional, "_CHUNK_ELEMENTS", 7)
-        monkeypatch.setattr(functional, "_MIN_CHUNK_EDGES", 3)
+        monkeypatch.setattr(reference, "_CPU_CHUNK_ELEMENTS", 7)
+        monkeypatch.setattr(reference, "_MIN_CHUNK_EDGES", 3)
     return request.param
 
 

@@ -6,6 +6,7 @@ import importlib.util
 
 WITH_TORCH_CLUSTER = importlib.util.find_spec("torch_cluster") is not None
 WITH_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+WITH_NUMBA = importlib.util.find_spec("numba") is not None
 
 
 def require(name: str, available: bool, extra: str) -> None:

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Parameter
+from torch_geometric import EdgeIndex, is_debug_enabled
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.inits import zeros
 from torch_geometric.typing import Adj, PairTensor, Size
-from torch_geometric.utils import is_sparse, scatter, to_edge_index
+from torch_geometric.utils import is_sparse, to_edge_index
 
-from pyg_lecc.functional import gather_contract, scatter_outer
+from pyg_lecc.ops import edge_aggregate
 
 _IMPLEMENTATIONS = ("node", "edge")
 # Aggregations that are linear in the messages: the node-level rewrite is exact for them.
@@ -45,16 +46,28 @@ def _circulant_strides(
     return strides  # type: ignore[return-value]
 
 
-def _regular_degree(dst: Tensor, num_dst: int) -> int | None:
-    """``k`` if the edges come grouped by target, ``k`` per target in node order (the layout
-    of :func:`~pyg_lecc.image_knn_graph`), else :obj:`None`."""
-    E = dst.numel()
-    if torch.compiler.is_compiling() or num_dst == 0 or E == 0 or E % num_dst != 0:
-        # Inspecting the indices would break a compiled graph: compiled code scatters.
-        return None
-    k = E // num_dst
-    expected = torch.arange(num_dst, device=dst.device).unsqueeze(1)
-    return k if bool((dst.view(num_dst, k) == expected).all()) else None
+def _csr_by_target(edge_index: Tensor, num_dst: int) -> tuple[Tensor, Tensor]:
+    """``(rowptr, col)``: the edges grouped by target (CSR), sources in ``col``, without
+    host synchronisation: an :class:`~torch_geometric.EdgeIndex` sorted by target (with
+    ``sparse_size(1) == num_dst``) gives its cached pointers; a plain tensor is sorted
+    (stable, so edges keep their order)."""
+    if isinstance(edge_index, EdgeIndex) and edge_index.is_sorted_by_col:
+        if edge_index.sparse_size(1) == num_dst:
+            (colptr, row), _ = edge_index.get_csc()
+            return colptr.as_subclass(Tensor), row.as_subclass(Tensor)
+        edge_index = edge_index.as_subclass(Tensor)
+    src, dst = edge_index[0], edge_index[1]
+    # On CPU in eager mode, reading a flag costs no synchronisation and skips a slow sort
+    # for graphs that come grouped by target (image kNN graphs as plain tensors).
+    grouped = (
+        dst.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and bool((dst[1:] >= dst[:-1]).all())
+    )
+    if not grouped:
+        dst, perm = torch.sort(dst, stable=True)
+        src = src.index_select(0, perm)
+    return torch._convert_indices_from_coo_to_csr(dst, num_dst), src
 
 
 class LightweightECC(MessagePassing):
@@ -269,51 +282,38 @@ class LightweightECC(MessagePassing):
         # Exact rewrite of `message` + linear aggregation (docs: "The node-level formulation"):
         #   Psi x_j = A1(z) x_j + B1 x_j with A1 linear in z, so the F_in contraction moves
         #   to the source nodes (V_j = A1 x_j); Phi^T a = A2(sum a z^T) + B2^T sum a, so the
-        #   F_out contraction moves to the target nodes.
+        #   F_out contraction moves to the target nodes. The per-edge work in between is one
+        #   fused op (`pyg_lecc.ops.edge_aggregate`) over the edges grouped by target.
         x_src, x_dst = x
-        src, dst = edge_index[0], edge_index[1]
         num_dst = x_dst.size(0) if size is None or size[1] is None else size[1]
         Fin, Fh, r = self.in_channels, self.lin0_weight.size(0), self.rank
-        degree = _regular_degree(dst, num_dst)
+        rowptr, col = _csr_by_target(edge_index, num_dst)
 
-        # W0 (x_j - x_i) = W0 x_j - W0 x_i: one product per node instead of per edge. The
-        # source-side node tensors are gathered together (one gather, one scatter backward).
+        # W0 (x_j - x_i) = W0 x_j - W0 x_i: one product per node instead of per edge.
         V = (x_src @ self._circulant_matrix(self.psi_weight, Fin)).view(-1, r, Fh)
         y_src = F.linear(x_src, self.lin0_weight)
         y_dst = y_src if x_dst is x_src else F.linear(x_dst, self.lin0_weight)
-        src_nodes = torch.cat([x_src, y_src, F.linear(x_src, self.psi_bias)], dim=-1)
-        x_j, y_j, c_j = src_nodes.index_select(0, src).split([Fin, Fh, r], dim=-1)
-        dst_nodes = torch.cat([x_dst, y_dst], dim=-1)
-        if degree is not None:
-            # Edges grouped by target, `degree` each (kNN graphs): broadcasting replaces the
-            # target-side gathers and scatters.
-            E = src.numel()
-            x_i, y_i = dst_nodes.unsqueeze(1).split([Fin, Fh], dim=-1)
-            x_j, y_j = x_j.view(num_dst, degree, Fin), y_j.view(num_dst, degree, Fh)
-        else:
-            x_i, y_i = dst_nodes.index_select(0, dst).split([Fin, Fh], dim=-1)
-
-        gamma = self._attention(x_j - x_i)
-        z = F.leaky_relu(y_j - y_i + self.lin0_bias, _LEAKY_SLOPE)
-        omega = F.linear(z, self.omega_weight, self.omega_bias)
-        z_flat = z.reshape(-1, Fh)
-        u = gather_contract(z_flat, V, src) + c_j
-        a = gamma.reshape(-1, 1) * omega.reshape(-1, r) * u  # (E, r)
-
-        if degree is not None:
-            a_grouped = a.view(num_dst, degree, r)
-            Q = torch.bmm(a_grouped.transpose(1, 2), z).view(num_dst, r * Fh)
-            P = a_grouped.sum(dim=1)
-            inv_deg = 1.0 / degree if E > 0 else 1.0
-        else:
-            Q = scatter_outer(a, z_flat, dst, num_dst).view(num_dst, r * Fh)
-            P = scatter(a, dst, dim=0, dim_size=num_dst, reduce="sum")
-            deg = scatter(torch.ones_like(gamma), dst, dim=0, dim_size=num_dst, reduce="sum")
-            inv_deg = deg.clamp(min=1).reciprocal().unsqueeze(-1)
-        if self.aggr == "mean":
-            Q, P = Q * inv_deg, P * inv_deg
+        Q, P = edge_aggregate(
+            x_src,
+            x_dst,
+            y_src,
+            y_dst,
+            self.lin0_bias,
+            V,
+            F.linear(x_src, self.psi_bias),
+            self.omega_weight,
+            self.omega_bias,
+            rowptr,
+            col,
+            self.delta,
+            _LEAKY_SLOPE,
+        )
         A2 = self._circulant_matrix(self.phi_weight, self.out_channels)  # (F_out, r * F_h)
-        return Q @ A2.t() + P @ self.phi_bias
+        out = Q.view(num_dst, r * Fh) @ A2.t() + P @ self.phi_bias
+        if self.aggr == "mean":
+            # Scaling the output rows is the same as scaling Q and P, on F_out numbers.
+            out = out / rowptr.diff().clamp(min=1).unsqueeze(-1).to(out.dtype)
+        return out
 
     def _check_features(self, x: PairTensor) -> None:
         for role, feats in zip(("source", "target"), x, strict=True):
@@ -330,8 +330,11 @@ class LightweightECC(MessagePassing):
             )
         if edge_index.dtype != torch.long:
             raise ValueError(f"'edge_index' must have dtype torch.long, got {edge_index.dtype}")
-        # Range checks read the indices (a device sync, a graph break): eager mode only.
+        # Range checks read the indices (a device sync, a graph break): eager CPU tensors,
+        # or any device in PyG's debug mode (`torch_geometric.debug()`), as PyG does.
         if torch.compiler.is_compiling() or edge_index.numel() == 0:
+            return
+        if edge_index.device.type != "cpu" and not is_debug_enabled():
             return
         for row, role, feats, n in zip(
             (0, 1), ("source", "target"), x, size or (None, None), strict=True

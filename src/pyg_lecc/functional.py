@@ -1,7 +1,8 @@
-"""Edge-chunked kernels of the node-level Lightweight ECC formulation.
+"""Edge-chunked building blocks of the node-level Lightweight ECC formulation.
 
-The node-level formulation (see :class:`pyg_lecc.LightweightECC`) needs two per-edge
-contractions with an ``r x F_h`` matrix per edge:
+:class:`pyg_lecc.LightweightECC` now runs its whole per-edge pipeline as one fused operator,
+:func:`pyg_lecc.ops.edge_aggregate` (re-exported here). The two per-edge contractions it
+fuses remain available on their own, for formulations that need them separately:
 
 * :func:`gather_contract`: ``u[e, t] = sum_g z[e, g] * V[src[e], t, g]``
 * :func:`scatter_outer`: ``Q[n, t, g] = sum_{e: dst[e] = n} a[e, t] * z[e, g]``
@@ -9,9 +10,9 @@ contractions with an ``r x F_h`` matrix per edge:
 Written with plain autograd, both would keep an ``E x r x F_h`` tensor alive for backward
 (the gathered ``V`` rows, the per-edge outer products). Here they are registered as
 ``torch.library`` custom operators with hand-written backward passes that recompute the
-gathers chunk by chunk, so no tensor larger than ``chunk x r x F_h`` ever exists, autograd
-saves only the small inputs, and ``torch.compile`` sees each one as a single opaque node
-(no graph breaks).
+gathers chunk by chunk (the per-device chunk budget of :mod:`pyg_lecc.ops.reference`), so no
+tensor larger than ``chunk x r x F_h`` ever exists, autograd saves only the small inputs, and
+``torch.compile`` sees each one as a single opaque node (no graph breaks).
 """
 
 from __future__ import annotations
@@ -19,28 +20,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Elements of one temporary ``chunk x r x F_h`` block (256 Ki floats, 1 MB in float32): the
-# gathered rows stay in the CPU's L2 cache between the gather and the contraction. Measured
-# on the paper's training batch (141,120 edges, r * F_h = 1,089; 2-core CPU): forward+backward
-# 1.07 s with 1 MB blocks, 1.5 s with 64 kB and 1.7 s with 64 MB blocks.
-_CHUNK_ELEMENTS = 1 << 18
+from pyg_lecc.ops import edge_aggregate
+from pyg_lecc.ops.reference import edge_chunks
 
-
-# Fewest edges per chunk: guards very wide layers against thousands of tiny chunks (narrow
-# layers get long chunks from the element budget anyway).
-_MIN_CHUNK_EDGES = 128
-
-
-def _edge_chunks(num_edges: int, width: int) -> list[tuple[int, int]]:
-    step = max(_MIN_CHUNK_EDGES, _CHUNK_ELEMENTS // max(1, width))
-    return [(start, min(start + step, num_edges)) for start in range(0, num_edges, step)]
+__all__ = ["edge_aggregate", "gather_contract", "scatter_outer"]
 
 
 @torch.library.custom_op("pyg_lecc::gather_contract", mutates_args=())
 def _gather_contract(z: Tensor, V: Tensor, src: Tensor) -> Tensor:
     E, r = z.size(0), V.size(1)
     out = z.new_empty(E, r)
-    for lo, hi in _edge_chunks(E, V.size(1) * V.size(2)):
+    for lo, hi in edge_chunks(E, V.size(1) * V.size(2), V.device, V.element_size()):
         Vj = V.index_select(0, src[lo:hi])  # (chunk, r, F_h)
         out[lo:hi] = torch.bmm(Vj, z[lo:hi].unsqueeze(-1)).squeeze(-1)
     return out
@@ -57,7 +47,7 @@ def _gather_contract_backward(
 ) -> tuple[Tensor, Tensor]:
     grad_z = torch.empty_like(z)
     grad_V = torch.zeros_like(V)
-    for lo, hi in _edge_chunks(z.size(0), V.size(1) * V.size(2)):
+    for lo, hi in edge_chunks(z.size(0), V.size(1) * V.size(2), V.device, V.element_size()):
         g = grad[lo:hi]  # (chunk, r)
         idx = src[lo:hi]
         Vj = V.index_select(0, idx)
@@ -89,7 +79,7 @@ _gather_contract.register_autograd(_gather_contract_bwd, setup_context=_gather_c
 def _scatter_outer(a: Tensor, z: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
     r, Fh = a.size(1), z.size(1)
     out = a.new_zeros(num_nodes, r, Fh)
-    for lo, hi in _edge_chunks(a.size(0), r * Fh):
+    for lo, hi in edge_chunks(a.size(0), r * Fh, a.device, a.element_size()):
         out.index_add_(0, dst[lo:hi], a[lo:hi].unsqueeze(-1) * z[lo:hi].unsqueeze(1))
     return out
 
@@ -105,7 +95,7 @@ def _scatter_outer_backward(
 ) -> tuple[Tensor, Tensor]:
     grad_a = torch.empty_like(a)
     grad_z = torch.empty_like(z)
-    for lo, hi in _edge_chunks(a.size(0), a.size(1) * z.size(1)):
+    for lo, hi in edge_chunks(a.size(0), a.size(1) * z.size(1), a.device, a.element_size()):
         Gi = grad.index_select(0, dst[lo:hi])  # (chunk, r, F_h)
         grad_a[lo:hi] = torch.bmm(Gi, z[lo:hi].unsqueeze(-1)).squeeze(-1)
         grad_z[lo:hi] = torch.bmm(a[lo:hi].unsqueeze(1), Gi).squeeze(1)

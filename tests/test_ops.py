@@ -1,0 +1,264 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pyg_lecc.ops as ops
+import pyg_lecc.ops.reference as reference
+from pyg_lecc._optional import WITH_NUMBA
+from pyg_lecc.ops import backend_for, edge_aggregate, use_reference
+
+SLOPE, DELTA = 0.2, 10.0
+NAMES = ("x_src", "x_dst", "y_src", "y_dst", "b0", "V", "c", "w_omega", "b_omega")
+
+requires_numba = pytest.mark.skipif(not WITH_NUMBA, reason="numba is not installed")
+
+
+def _graph(kind: str, gen: torch.Generator) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """``(num_src, num_dst, src, dst)`` of one test graph."""
+    if kind == "random":  # varying in-degrees, some targets without edges
+        src, dst = torch.randint(0, 23, (60,), generator=gen), torch.randint(0, 23, (60,))
+        return 23, 23, src, dst
+    if kind == "knn":  # grouped by target, k = 5 each (the image kNN layout)
+        n, k = 17, 5
+        src = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(n)]).flatten()
+        return n, n, src, torch.arange(n).repeat_interleave(k)
+    if kind == "bipartite":
+        src, dst = torch.randint(0, 19, (40,), generator=gen), torch.randint(0, 7, (40,))
+        return 19, 7, src, dst
+    if kind == "zero_degree":  # a hub and many isolated targets
+        src = torch.randint(0, 12, (15,), generator=gen)
+        return 12, 12, src, torch.full((15,), 4)
+    if kind == "empty":
+        return 6, 5, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    raise ValueError(kind)
+
+
+def _case(kind: str, dtype=torch.float64, Fin=6, Fh=5, r=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    num_src, num_dst, src, dst = _graph(kind, gen)
+    dst, perm = torch.sort(dst, stable=True)
+    rowptr = torch._convert_indices_from_coo_to_csr(dst, num_dst)
+    shapes = {
+        "x_src": (num_src, Fin),
+        "x_dst": (num_dst, Fin),
+        "y_src": (num_src, Fh),
+        "y_dst": (num_dst, Fh),
+        "b0": (Fh,),
+        "V": (num_src, r, Fh),
+        "c": (num_src, r),
+        "w_omega": (r, Fh),
+        "b_omega": (r,),
+    }
+    # Features scaled so that gamma is neither 0 nor 1 and both leaky-ReLU branches occur.
+    floats = [0.5 * torch.randn(shapes[n], generator=gen, dtype=dtype) for n in NAMES]
+    return floats, rowptr, src[perm]
+
+
+def _plain(x_src, x_dst, y_src, y_dst, b0, V, c, w, bw, rowptr, col):
+    """The definition, with autograd over full per-edge tensors."""
+    num_dst = rowptr.numel() - 1
+    dst = torch.arange(num_dst).repeat_interleave(rowptr.diff())
+    d = x_src[col] - x_dst[dst]
+    gamma = torch.exp(-(d**2).sum(-1) / DELTA)
+    z = F.leaky_relu(y_src[col] - y_dst[dst] + b0, SLOPE)
+    omega = z @ w.t() + bw
+    u = torch.einsum("etg,eg->et", V[col], z) + c[col]
+    a = gamma[:, None] * omega * u
+    Q = torch.zeros(num_dst, *V.shape[1:], dtype=V.dtype).index_add(
+        0, dst, a[:, :, None] * z[:, None, :]
+    )
+    P = torch.zeros(num_dst, V.size(1), dtype=V.dtype).index_add(0, dst, a)
+    return Q, P
+
+
+def _value_and_grads(fn, floats, rowptr, col):
+    inputs = [t.detach().clone().requires_grad_() for t in floats]
+    Q, P = fn(*inputs, rowptr, col)
+    gen = torch.Generator().manual_seed(1)
+    gQ = torch.randn(Q.shape, generator=gen, dtype=Q.dtype).to(Q.device)
+    gP = torch.randn(P.shape, generator=gen, dtype=P.dtype).to(P.device)
+    grads = torch.autograd.grad((Q * gQ).sum() + (P * gP).sum(), inputs, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
+    return [Q.detach(), P.detach(), *grads]
+
+
+def _op(*args):
+    return edge_aggregate(*args, DELTA, SLOPE)
+
+
+def _assert_close(got, expected, **tol):
+    for name, g, e in zip(("Q", "P", *NAMES), got, expected, strict=True):
+        assert g.dtype == e.dtype, name
+        torch.testing.assert_close(g, e, msg=lambda m, name=name: f"{name}: {m}", **tol)
+
+
+GRAPHS = ("random", "knn", "bipartite", "zero_degree", "empty")
+
+
+@pytest.fixture(params=["one_chunk", "many_chunks"])
+def chunking(request, monkeypatch):
+    if request.param == "many_chunks":  # chunk boundaries inside the edge list
+        monkeypatch.setattr(reference, "_CPU_CHUNK_ELEMENTS", 40)
+        monkeypatch.setattr(reference, "_MIN_CHUNK_EDGES", 3)
+    return request.param
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_reference_equals_definition(graph, chunking, one_thread):
+    floats, rowptr, col = _case(graph)
+    with use_reference():
+        got = _value_and_grads(_op, floats, rowptr, col)
+    _assert_close(got, _value_and_grads(_plain, floats, rowptr, col), rtol=1e-12, atol=1e-12)
+
+
+@requires_numba
+@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize(
+    # float32: both sides sum the same ~10 products per entry in different orders (the
+    # kernel's loops are reassociated by fastmath); 1e-5 relative is ~100 float32 ulps.
+    "dtype,tol",
+    [(torch.float64, dict(rtol=1e-12, atol=1e-12)), (torch.float32, dict(rtol=1e-5, atol=1e-5))],
+)
+def test_cpu_kernel_equals_reference(graph, dtype, tol, one_thread):
+    floats, rowptr, col = _case(graph, dtype=dtype)
+    assert backend_for("cpu") == "numba"
+    got = _value_and_grads(_op, floats, rowptr, col)
+    with use_reference():
+        expected = _value_and_grads(_op, floats, rowptr, col)
+    _assert_close(got, expected, **tol)
+
+
+@requires_numba
+def test_cpu_kernel_thread_count_does_not_change_result():
+    floats, rowptr, col = _case("random", Fh=16, r=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _value_and_grads(_op, floats, rowptr, col)
+        torch.set_num_threads(2)
+        two = _value_and_grads(_op, floats, rowptr, col)
+    finally:
+        torch.set_num_threads(threads)
+    _assert_close(two, one, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", ["default", "reference"])
+@pytest.mark.parametrize("graph", ["random", "bipartite"])
+def test_gradcheck(backend, graph, one_thread):
+    floats, rowptr, col = _case(graph, Fin=3, Fh=4, r=2)
+    floats = [t.requires_grad_() for t in floats]
+    with use_reference(backend == "reference"):
+        assert torch.autograd.gradcheck(lambda *f: _op(*f, rowptr, col), floats)
+
+
+@requires_numba
+def test_cpu_kernel_really_runs(monkeypatch):
+    floats, rowptr, col = _case("knn")
+
+    def fail(*args):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(reference, "edge_aggregate_forward", fail)
+    monkeypatch.setattr(reference, "edge_aggregate_backward", fail)
+    _value_and_grads(_op, floats, rowptr, col)  # the Numba kernel, forward and backward
+    with use_reference(), pytest.raises(AssertionError, match="the reference ran"):
+        _op(*floats, rowptr, col)
+
+
+def test_missing_numba_warns_once_and_uses_reference(monkeypatch):
+    monkeypatch.setattr(ops, "WITH_NUMBA", False)
+    monkeypatch.setattr(ops, "_numba_state", {})
+    floats, rowptr, col = _case("random")
+    with pytest.warns(RuntimeWarning, match="Numba CPU kernel .* not installed"):
+        Q, _ = _op(*floats, rowptr, col)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backend_for("cpu") == "reference"
+        _op(*floats, rowptr, col)
+    torch.testing.assert_close(Q, _plain(*floats, rowptr, col)[0])
+
+
+def test_backend_for_and_use_reference():
+    assert backend_for("cpu") == ("numba" if WITH_NUMBA else "reference")
+    # The CUDA kernels run when Triton imports, unless PYG_LECC_CUDA_KERNELS=0.
+    expected_cuda = "triton" if ops._CUDA_KERNELS and ops._cuda_kernels() else "reference"
+    assert backend_for("cuda") == expected_cuda
+    with use_reference():
+        assert backend_for("cpu") == backend_for("cuda") == "reference"
+        with use_reference(False):  # does not undo an outer context
+            assert backend_for("cpu") == "reference"
+    assert backend_for("cpu") == ("numba" if WITH_NUMBA else "reference")
+
+
+def test_opcheck():
+    floats, rowptr, col = _case("random", dtype=torch.float32)
+    floats = [t.requires_grad_() for t in floats]
+    torch.library.opcheck(
+        torch.ops.pyg_lecc.edge_aggregate.default, (*floats, rowptr, col, DELTA, SLOPE)
+    )
+
+
+def test_compiles_to_one_op():
+    floats, rowptr, col = _case("knn", dtype=torch.float32)
+    explanation = torch._dynamo.explain(_op)(*floats, rowptr, col)
+    assert explanation.graph_break_count == 0
+    torch._dynamo.reset()
+    compiled = torch.compile(_op, backend="aot_eager", fullgraph=True)
+    for got, expected in zip(
+        compiled(*floats, rowptr, col), _op(*floats, rowptr, col), strict=True
+    ):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_accumulate_in_float32(dtype):
+    floats, rowptr, col = _case("knn", dtype=torch.float32)
+    low = [t.to(dtype) for t in floats]
+    Q, P = _op(*low, rowptr, col)
+    assert Q.dtype == P.dtype == dtype
+    # Same rounded inputs in float32: only the final rounding to `dtype` differs.
+    Q32, P32 = _op(*(t.float() for t in low), rowptr, col)
+    torch.testing.assert_close(Q, Q32.to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(P, P32.to(dtype), rtol=0, atol=0)
+
+
+def test_autocast_runs_in_float32():
+    floats, rowptr, col = _case("knn", dtype=torch.float32)
+    mixed = [
+        t.bfloat16() if n in ("x_src", "y_src", "V") else t
+        for n, t in zip(NAMES, floats, strict=True)
+    ]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        Q, P = _op(*mixed, rowptr, col)
+    assert Q.dtype == P.dtype == torch.float32
+    expected = _op(*(t.float() for t in mixed), rowptr, col)
+    torch.testing.assert_close((Q, P), expected)
+
+
+def test_mixed_dtypes_error():
+    floats, rowptr, col = _case("knn", dtype=torch.float32)
+    floats[2] = floats[2].double()
+    with pytest.raises(ValueError, match="one dtype"):
+        _op(*floats, rowptr, col)
+
+
+def test_cuda_chunks_are_a_memory_budget():
+    # CPU: cache-sized blocks; the paper's layer (141,120 edges, r * F_h = 1,089) is
+    # hundreds of chunks there, a handful within the CUDA budget.
+    E, width = 141_120, 11 * 99
+    assert len(reference.edge_chunks(E, width, torch.device("cpu"))) > 500
+    step = reference._CUDA_BLOCK_BYTES // 4 // width
+    assert -(-E // step) <= 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_cuda_equals_cpu_reference(graph):
+    floats, rowptr, col = _case(graph, dtype=torch.float32)
+    with use_reference():
+        expected = _value_and_grads(_op, floats, rowptr, col)
+    on_gpu = [t.cuda() for t in floats]
+    got = _value_and_grads(_op, on_gpu, rowptr.cuda(), col.cuda())
+    _assert_close([t.cpu() for t in got], expected, rtol=1e-4, atol=1e-5)

@@ -1,9 +1,11 @@
 """The image kNN graph builder, :func:`pyg_lecc.image_knn_graph`, per backend.
 
-Backends: ``"torch"`` (dense blocked distances, any device, optional search window) and
-``"torch_cluster"`` (``torch_cluster.knn``, a KD-tree on CPU; whole-image search only, so it
-has no search-window configurations) when importable. Inputs: random N(0, 1) features of
-width 3, 33 and 99 over a batch of ten 42x42 patches (the training batch), 128x128 and
+Backends: ``"torch"`` (dense blocked distances, any device, optional search window),
+``"numba"`` (the same distances, one strided matrix product per query tile, with the window,
+exclusion and top-k selection fused into one Numba pass; CPU only; what ``"auto"`` runs on
+CPU) and ``"torch_cluster"`` (``torch_cluster.knn``, a KD-tree on CPU; whole-image search
+only, so it has no search-window configurations) when importable. Inputs: random N(0, 1)
+features of width 3, 33 and 99 over a batch of ten 42x42 patches (the training batch), 128x128 and
 256x256 images, and a 1024x680 image (full-resolution inference size), searched over whole
 images or within a 49x49 window (the inference setting), k=8.
 
@@ -24,6 +26,7 @@ import torch
 
 from benchmarks.common import (
     fmt_mb,
+    fmt_ratio,
     fmt_time,
     guarded,
     log,
@@ -35,9 +38,9 @@ from benchmarks.common import (
     time_function,
 )
 from pyg_lecc import image_knn_graph
-from pyg_lecc._optional import WITH_TORCH_CLUSTER
+from pyg_lecc._optional import WITH_NUMBA, WITH_TORCH_CLUSTER
 
-BACKENDS: tuple[str, ...] = ("torch", "torch_cluster")
+BACKENDS: tuple[str, ...] = ("torch", "numba", "torch_cluster")
 
 Size = tuple[str, int, int, int]
 """(label, batch, height, width)."""
@@ -144,6 +147,12 @@ def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
                     if backend == "torch_cluster" and device.type != "cpu":
                         entry.update(status="n/a", reason="torch_cluster.knn runs on CPU here")
                         continue
+                    if backend == "numba" and not WITH_NUMBA:
+                        entry.update(status="skipped", reason="numba not installed")
+                        continue
+                    if backend == "numba" and device.type != "cpu":
+                        entry.update(status="n/a", reason="the Numba kernel runs on CPU")
+                        continue
                     if over_budget:
                         entry.update(status="skipped", reason="smaller size already over budget")
                         continue
@@ -174,6 +183,7 @@ def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg),
         "device": str(device),
         "torch_cluster_available": WITH_TORCH_CLUSTER,
+        "numba_available": WITH_NUMBA,
         "entries": entries,
     }
     result["plots"] = [p for p in (_plot(result, out_dir),) if p]
@@ -212,6 +222,15 @@ def _plot(result: dict[str, Any], out_dir: Path) -> str | None:
     )
 
 
+def _speedup(entries: list[dict[str, Any]], entry: dict[str, Any]) -> float | None:
+    # The torch backend's time on the same configuration of the same run over this one's.
+    for e in entries:
+        same = all(e[key] == entry[key] for key in ("size", "features", "search_window"))
+        if same and e["backend"] == "torch" and e.get("status") == "ok":
+            return e["time_s"] / entry["time_s"]
+    return None
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The graph-builder table (markdown)."""
     cfg = result["config"]
@@ -222,7 +241,9 @@ def markdown(result: dict[str, Any]) -> str:
         "memory (profiler) and RSS high-water increase (which also sees torch_cluster's "
         "KD-tree). torch_cluster has no search window. Configurations predicted to take more "
         f"than {cfg['time_budget_s']:g} s per call are skipped (time of the previous size "
-        "scaled by the number of query-candidate pairs).\n",
+        "scaled by the number of query-candidate pairs). `numba` is the fused kernel that "
+        "`backend='auto'` runs on CPU; `torch / this` is the torch backend's time over this "
+        "row's, same configuration, same run.\n",
     ]
     rows = []
     for e in result["entries"]:
@@ -231,7 +252,7 @@ def markdown(result: dict[str, Any]) -> str:
         text = status_text(e)
         window = "whole" if e["search_window"] is None else f"{e['search_window']}"
         if text is not None:
-            rows.append([e["backend"], e["size"], e["features"], window, text, "", "", ""])
+            rows.append([e["backend"], e["size"], e["features"], window, text, "", "", "", ""])
             continue
         rows.append(
             [
@@ -240,6 +261,7 @@ def markdown(result: dict[str, Any]) -> str:
                 e["features"],
                 window,
                 fmt_time(e["time_s"]),
+                fmt_ratio(_speedup(result["entries"], e)),
                 f"{e['pixels'] / e['time_s'] / 1e6:.3g}",
                 fmt_mb(e["peak_mb"]),
                 fmt_mb(e.get("rss_peak_mb")),
@@ -253,6 +275,7 @@ def markdown(result: dict[str, Any]) -> str:
                 "F",
                 "window",
                 "time",
+                "torch / this",
                 "Mpixel/s",
                 "peak tensor mem",
                 "peak RSS increase",

@@ -3,7 +3,7 @@ import torch
 
 import pyg_lecc.graph as graph_module
 from pyg_lecc import ImageKNNGraph, image_knn_graph, image_to_nodes, nodes_to_image
-from pyg_lecc._optional import WITH_TORCH_CLUSTER
+from pyg_lecc._optional import WITH_NUMBA, WITH_TORCH_CLUSTER
 
 
 def _brute_force(feats: torch.Tensor, k: int, radius: int, window: int | None) -> torch.Tensor:
@@ -201,3 +201,122 @@ def test_torch_cluster_backend_breaks_ties_like_torch(case):
     a = image_knn_graph(feats, k=3, backend="torch")
     b = image_knn_graph(feats, k=3, backend="torch_cluster")
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_non_finite_features_are_refused(backend):
+    # Before the check, an all-NaN map gave 256 self-loops without error.
+    with pytest.raises(ValueError, match="at 256 of 256 pixels"):
+        image_knn_graph(torch.full((1, 3, 16, 16), float("nan")), k=4, backend=backend)
+    feats = torch.randn(2, 3, 8, 8)
+    feats[0, 1, 2, 3] = float("inf")
+    feats[0, 2, 2, 3] = float("nan")  # the same pixel again: counted once
+    feats[1, 0, 7, 7] = -float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite values at 2 of 128 pixels"):
+        image_knn_graph(feats, k=4, search_window=5, backend=backend)
+
+
+requires_numba = pytest.mark.skipif(not WITH_NUMBA, reason="numba is not installed")
+
+# (features, k, exclude_radius, search_window): the fused kernel against the plain torch path.
+FUSED_CASES = {
+    "random_f32": (lambda: torch.randn(2, 7, 23, 19), 8, 1, None),
+    "random_f32_window": (lambda: torch.randn(1, 16, 31, 40), 8, 1, 11),
+    "flat_window": (lambda: torch.zeros(1, 3, 20, 21), 6, 1, 9),
+    "flat_whole": (lambda: torch.zeros(2, 3, 9, 10), 5, 1, None),
+    "quantised_window": (lambda: torch.randint(0, 3, (2, 2, 25, 18)).float(), 8, 1, 7),
+    "quantised_whole": (lambda: torch.randint(0, 2, (3, 3, 12, 11)).float(), 8, 2, None),
+    "window_at_borders": (lambda: torch.randn(1, 5, 13, 30, dtype=torch.float64), 4, 2, 12),
+    "window_wider_than_image": (lambda: torch.randn(1, 4, 7, 26, dtype=torch.float64), 5, 0, 9),
+}
+
+
+@requires_numba
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_numba_backend_equals_brute_force(case):
+    make, k, radius, window = CASES[case]
+    torch.manual_seed(0)
+    feats = make()
+    edge_index = image_knn_graph(feats, k, radius, window, backend="numba")
+    assert torch.equal(edge_index, image_knn_graph(feats, k, radius, window, backend="torch"))
+    assert torch.equal(edge_index[0].view(-1, k), _brute_force(feats, k, radius, window))
+
+
+@requires_numba
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+@pytest.mark.parametrize("tile", [16, 4])  # one tile per image; seams and partial tiles
+def test_numba_kernel_equals_torch_path(case, tile):
+    from pyg_lecc.ops.knn import knn_in_windows
+
+    make, k, radius, window = FUSED_CASES[case]
+    torch.manual_seed(1)
+    feats = make()
+    _, _, H, W = feats.shape
+    sizes = (H, W) if window is None else (min(window, H), min(window, W))
+    expected = graph_module._knn_torch(feats, k, radius, sizes)
+    assert torch.equal(knn_in_windows(feats, k, radius, sizes, tile=tile), expected)
+
+
+@requires_numba
+def test_auto_runs_the_numba_kernel(monkeypatch):
+    import pyg_lecc.ops.knn as knn_module
+
+    calls = []
+    original = knn_module.knn_in_windows
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return original(*args, **kwargs)
+
+    def no_torch_path(*args):
+        raise AssertionError("the plain torch path ran")
+
+    monkeypatch.setattr(knn_module, "knn_in_windows", spy)
+    monkeypatch.setattr(graph_module, "_knn_torch", no_torch_path)
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        feats = torch.randn(1, 8, 16, 16, dtype=dtype, requires_grad=True)  # a model's output
+        assert not image_knn_graph(feats, k=4, search_window=9).requires_grad
+        ImageKNNGraph(k=4)(torch.randn(2, 33, 10, 10, dtype=dtype))
+    assert calls == [torch.float32, torch.float32, torch.float64, torch.float64]
+
+
+def test_auto_falls_back_to_torch_path(monkeypatch):
+    feats = torch.randn(1, 8, 12, 12)
+    expected = image_knn_graph(feats, k=4, backend="torch")
+    monkeypatch.setattr(graph_module, "WITH_NUMBA", False)
+    assert torch.equal(image_knn_graph(feats, k=4), expected)
+    with pytest.raises(ImportError, match="pip install numba"):
+        image_knn_graph(feats, k=4, backend="numba")
+    monkeypatch.undo()
+    # NumPy has no bfloat16: "auto" keeps such features on the torch path.
+    half = feats.bfloat16()
+    assert torch.equal(image_knn_graph(half, k=4), image_knn_graph(half, k=4, backend="torch"))
+    if WITH_NUMBA:
+        with pytest.raises(ValueError, match="float32 or float64 CPU"):
+            image_knn_graph(half, k=4, backend="numba")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", ["window_ties", "window_radius2", "planted_ties"])
+def test_torch_backend_on_cuda_equals_brute_force(case):
+    make, k, radius, window = CASES[case]
+    torch.manual_seed(0)
+    feats = make()
+    edge_index = image_knn_graph(feats.cuda(), k, radius, window, backend="torch")
+    assert edge_index.is_cuda
+    assert torch.equal(edge_index[0].view(-1, k).cpu(), _brute_force(feats, k, radius, window))
+
+
+@requires_numba
+def test_numba_kernel_with_overflowing_distances():
+    # Finite features whose squares overflow float32: NaN / inf ranking distances must still
+    # give k valid neighbours (in the window, outside the excluded zone, distinct).
+    feats = torch.full((1, 2, 9, 11), 3e19)
+    feats[0, :, 2:5, 3:6] = 1.0
+    nbr, ctr = image_knn_graph(feats, k=6, search_window=5, backend="numba")
+    y, x, ny, nx = ctr // 11, ctr % 11, nbr // 11, nbr % 11
+    y0, x0 = (y - 2).clamp(0, 4), (x - 2).clamp(0, 6)
+    assert bool(((ny >= y0) & (ny < y0 + 5) & (nx >= x0) & (nx < x0 + 5)).all())
+    assert bool((torch.maximum((ny - y).abs(), (nx - x).abs()) > 1).all())
+    assert nbr.view(-1, 6).sort(dim=1)[0].diff(dim=1).gt(0).all()

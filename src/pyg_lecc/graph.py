@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pyg_lecc._optional import WITH_TORCH_CLUSTER, require
+from pyg_lecc._optional import WITH_NUMBA, WITH_TORCH_CLUSTER, require
 
-BACKENDS = ("auto", "torch", "torch_cluster")
+BACKENDS = ("auto", "torch", "torch_cluster", "numba")
+# Feature types the Numba kernel compiles for (NumPy has no bfloat16).
+_NUMBA_DTYPES = (torch.float32, torch.float64)
 # Elements of one query-by-candidate distance block of the torch backend (64 MB in
 # float32): bounds its memory whatever the image size.
 _BLOCK_ELEMENTS = 1 << 24
@@ -75,6 +77,10 @@ def _window_start(pos: Tensor, window: int, extent: int) -> Tensor:
 
 def _select_k(dist: Tensor, k: int) -> Tensor:
     """Column indices of the k smallest entries of every row, ordered by (distance, column)."""
+    if dist.device.type != "cpu":
+        # The tie repair below reads a flag on the host; a stable sort orders by (distance,
+        # column) outright, so the device never waits for the host.
+        return dist.sort(dim=1, stable=True)[1][:, :k]
     num_cols = dist.size(1)
     K = min(num_cols, k + 1)  # one more than needed tells whether a tie runs past the k-th
     values, idx = dist.topk(K, dim=1, largest=False, sorted=True)
@@ -92,70 +98,99 @@ def _select_k(dist: Tensor, k: int) -> Tensor:
     return idx
 
 
+def _block_elements(device: torch.device) -> int:
+    # CPU: the fixed budget. CUDA: a share of the free memory (the block, its sort's values
+    # and int64 indices and the mask: about 20 bytes per element), so that a big image
+    # needs few launches.
+    if device.type != "cuda":
+        return _BLOCK_ELEMENTS
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(_BLOCK_ELEMENTS, min(1 << 28, free // 8 // 20))
+
+
+def _tile_shape(H: int, W: int, Sh: int, Sw: int, budget: int) -> tuple[int, int]:
+    # Query tiles: rectangles whose candidate region (the union of their windows) keeps the
+    # distance block within the budget. With a window, tiles a third of its side keep that
+    # union under twice the window itself, so little distance work is wasted.
+    th = H if Sh == H else min(H, max(8, Sh // 3))
+    tw = W if Sw == W else min(W, max(8, Sw // 3))
+    while th * tw * min(H, th + Sh - 1) * min(W, tw + Sw - 1) > budget and th * tw > 1:
+        if th >= tw:
+            th = (th + 1) // 2
+        else:
+            tw = (tw + 1) // 2
+    return th, tw
+
+
+def _relative(q0: int, q1: int, r0: int, window: int, extent: int) -> tuple:
+    # Positions of the queries q0..q1-1 and of their window starts, relative to the region.
+    starts = (min(max(q - window // 2, 0), extent - window) for q in range(q0, q1))
+    return tuple(range(q0 - r0, q1 - r0)), tuple(s - r0 for s in starts)
+
+
+def _window_mask(
+    q0: int, q1: int, r0: int, r1: int, window: int, extent: int, radius: int, device
+) -> tuple[Tensor, Tensor]:
+    # Along one axis: (candidate outside the query's window, candidate within the radius).
+    q = torch.arange(q0, q1, device=device)[:, None]
+    r = torch.arange(r0, r1, device=device)
+    start = _window_start(q, window, extent)
+    return (r < start) | (r >= start + window), (r - q).abs() <= radius
+
+
 def _knn_torch(feats: Tensor, k: int, exclude_radius: int, window: tuple[int, int]) -> Tensor:
     B, C, H, W = feats.shape
     Sh, Sw = window
     device = feats.device
-    nodes = feats.permute(0, 2, 3, 1).reshape(B, H * W, C)
+    nodes = feats.permute(0, 2, 3, 1)
     # ||q - c||^2 ranks like ||c||^2 - 2 q.c within a row; one matrix product gives it:
     # [-2q, 1] . [c, ||c||^2].
     queries = torch.cat([-2 * nodes, torch.ones_like(nodes[..., :1])], dim=-1)
     candidates = torch.cat([nodes, nodes.pow(2).sum(-1, keepdim=True)], dim=-1)
     neighbours = torch.empty(B, H, W, k, dtype=torch.long, device=device)
-    rows = torch.arange(H, device=device)
-    cols = torch.arange(W, device=device)
+    budget = _block_elements(device)
+    th, tw = _tile_shape(H, W, Sh, Sw, budget)
 
-    # Query tiles: rectangles whose candidate region (the union of their windows) keeps the
-    # distance block within _BLOCK_ELEMENTS. With a window, tiles a third of its side keep
-    # that union under twice the window itself, so little distance work is wasted.
-    th = H if Sh == H else min(H, max(8, Sh // 3))
-    tw = W if Sw == W else min(W, max(8, Sw // 3))
-    while th * tw * min(H, th + Sh - 1) * min(W, tw + Sw - 1) > _BLOCK_ELEMENTS and th * tw > 1:
-        if th >= tw:
-            th = (th + 1) // 2
-        else:
-            tw = (tw + 1) // 2
-
-    # The mask of a tile depends only on where the queries and their windows sit relative to
-    # the tile's candidate region: interior tiles share one, so it is built once per pattern.
+    # Tile geometry in Python integers: nothing in the loop waits for the device. The mask
+    # of a tile depends only on where its queries and windows sit relative to its
+    # candidate region: interior tiles share one, so it is built once per pattern.
     masks: dict[tuple, Tensor] = {}
     for y0 in range(0, H, th):
-        qy = rows[y0 : y0 + th]
-        wy = _window_start(qy, Sh, H)
-        ry = torch.arange(int(wy[0]), int(wy[-1]) + Sh, device=device)
+        y1 = min(H, y0 + th)
+        ry0 = min(max(y0 - Sh // 2, 0), H - Sh)
+        ry1 = min(max(y1 - 1 - Sh // 2, 0), H - Sh) + Sh
         for x0 in range(0, W, tw):
-            qx = cols[x0 : x0 + tw]
-            wx = _window_start(qx, Sw, W)
-            rx = torch.arange(int(wx[0]), int(wx[-1]) + Sw, device=device)
-            q_idx = (qy[:, None] * W + qx[None, :]).view(-1)
-            c_idx = (ry[:, None] * W + rx[None, :]).view(-1)
-            Q, M = q_idx.numel(), c_idx.numel()
-            key = tuple(
-                tuple((t - t0).tolist())
-                for t, t0 in ((qy, ry[0]), (wy, ry[0]), (qx, rx[0]), (wx, rx[0]))
+            x1 = min(W, x0 + tw)
+            rx0 = min(max(x0 - Sw // 2, 0), W - Sw)
+            rx1 = min(max(x1 - 1 - Sw // 2, 0), W - Sw) + Sw
+            Q, M = (y1 - y0) * (x1 - x0), (ry1 - ry0) * (rx1 - rx0)
+            key = (
+                _relative(y0, y1, ry0, Sh, H),
+                _relative(x0, x1, rx0, Sw, W),
+                ry1 - ry0,
+                rx1 - rx0,
             )
-            key += (len(ry), len(rx))
             blocked = masks.get(key)
             if blocked is None:
                 # Candidates outside the pixel's window, or in its excluded neighbourhood.
-                row_out = (ry < wy[:, None]) | (ry >= wy[:, None] + Sh)
-                col_out = (rx < wx[:, None]) | (rx >= wx[:, None] + Sw)
-                row_near = (ry - qy[:, None]).abs() <= exclude_radius
-                col_near = (rx - qx[:, None]).abs() <= exclude_radius
+                row_out, row_near = _window_mask(y0, y1, ry0, ry1, Sh, H, exclude_radius, device)
+                col_out, col_near = _window_mask(x0, x1, rx0, rx1, Sw, W, exclude_radius, device)
                 blocked = (row_out[:, None, :, None] | col_out[None, :, None, :]) | (
                     row_near[:, None, :, None] & col_near[None, :, None, :]
                 )
                 blocked = masks[key] = blocked.view(Q, M)
             # Several images per block when tiles are small (patch batches).
-            per_block = max(1, _BLOCK_ELEMENTS // (Q * M))
+            per_block = max(1, budget // (Q * M))
             for b0 in range(0, B, per_block):
                 b1 = min(B, b0 + per_block)
-                dist = torch.bmm(queries[b0:b1, q_idx], candidates[b0:b1, c_idx].transpose(1, 2))
+                q = queries[b0:b1, y0:y1, x0:x1].reshape(b1 - b0, Q, C + 1)
+                c = candidates[b0:b1, ry0:ry1, rx0:rx1].reshape(b1 - b0, M, C + 1)
+                dist = torch.bmm(q, c.transpose(1, 2))
                 dist.masked_fill_(blocked, float("inf"))
-                chosen = c_idx[_select_k(dist.view(-1, M), k)]
-                neighbours[b0:b1, y0 : y0 + th, x0 : x0 + tw] = chosen.view(
-                    b1 - b0, len(qy), len(qx), k
-                )
+                col = _select_k(dist.view(-1, M), k)
+                # Region column -> image-local node index.
+                chosen = (col // (rx1 - rx0) + ry0) * W + col % (rx1 - rx0) + rx0
+                neighbours[b0:b1, y0:y1, x0:x1] = chosen.view(b1 - b0, y1 - y0, x1 - x0, k)
 
     offsets = torch.arange(B, device=device).view(B, 1, 1, 1) * (H * W)
     return (neighbours + offsets).view(-1, k)
@@ -203,6 +238,11 @@ def _select_k_by_index(dist: Tensor, index: Tensor, k: int) -> Tensor:
     return by_index.gather(1, by_dist)[:, :k]
 
 
+def _numba_applies(feats: Tensor) -> bool:
+    # Where "auto" takes the fused kernel instead of the plain torch backend.
+    return WITH_NUMBA and feats.device.type == "cpu" and feats.dtype in _NUMBA_DTYPES
+
+
 def _resolve_backend(backend: str, feats: Tensor, search_window: int | None) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"'backend' must be one of {BACKENDS}, got {backend!r}")
@@ -211,6 +251,14 @@ def _resolve_backend(backend: str, feats: Tensor, search_window: int | None) -> 
         # features; dense torch is 5-9x faster on 33-99-dimensional pixel features.
         use_cluster = WITH_TORCH_CLUSTER and search_window is None and feats.size(1) <= 3
         return "torch_cluster" if use_cluster else "torch"
+    if backend == "numba":
+        if not WITH_NUMBA:
+            raise ImportError("backend='numba' needs Numba: `pip install numba`")
+        if feats.device.type != "cpu" or feats.dtype not in _NUMBA_DTYPES:
+            raise ValueError(
+                "backend='numba' runs on float32 or float64 CPU features, got "
+                f"{feats.dtype} on {feats.device}"
+            )
     if backend == "torch_cluster":
         require("torch_cluster", WITH_TORCH_CLUSTER, "cluster")
         if search_window is not None:
@@ -251,10 +299,14 @@ def image_knn_graph(
             when it is smaller). :obj:`None` searches the whole image.
             (default: :obj:`None`)
         backend (str, optional): :obj:`"torch"` (dense blocked distances, bounded memory,
-            any device), :obj:`"torch_cluster"` (:func:`torch_cluster.knn`, whole-image
-            search only) or :obj:`"auto"` (:obj:`"torch_cluster"` when installed and the
-            features have at most 3 channels with no search window, else :obj:`"torch"`).
-            All backends return the same graph. (default: :obj:`"auto"`)
+            any device), :obj:`"numba"` (the same distances, one matrix product per tile,
+            with the window, exclusion and top-:math:`k` selection fused into one Numba
+            pass over it; float32/float64 CPU features), :obj:`"torch_cluster"`
+            (:func:`torch_cluster.knn`, whole-image search only) or :obj:`"auto"`
+            (:obj:`"torch_cluster"` when installed and the features have at most 3
+            channels with no search window; else :obj:`"numba"` for float32/float64 CPU
+            features when Numba is installed; else :obj:`"torch"`). All backends return
+            the same graph. (default: :obj:`"auto"`)
 
     Returns:
         torch.Tensor: :obj:`edge_index` of shape :math:`(2, B H W k)`, int64, rows
@@ -269,6 +321,15 @@ def image_knn_graph(
     _check_image_batch(features, "features")
     if not features.is_floating_point():
         raise ValueError(f"'features' must be a floating-point tensor, got {features.dtype}")
+    # NaN / inf distances make the search return excluded pixels (self-loops) without error;
+    # one pass over the features, the per-pixel count only on failure.
+    if not bool(torch.isfinite(features).all()):
+        bad = int((~torch.isfinite(features)).any(dim=1).sum())
+        total = features.size(0) * features.size(2) * features.size(3)
+        raise ValueError(
+            f"'features' contain NaN or infinite values at {bad} of {total} pixels (a model "
+            "whose activations diverged, or non-finite input)"
+        )
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"'k' must be a positive integer, got {k!r}")
     if not isinstance(exclude_radius, int) or exclude_radius < 0:
@@ -288,9 +349,15 @@ def image_knn_graph(
             f"{max(fewest, 0)} candidates"
         )
 
-    backend = _resolve_backend(backend, features, search_window)
-    if backend == "torch_cluster":
+    resolved = _resolve_backend(backend, features, search_window)
+    if resolved == "torch" and backend == "auto" and _numba_applies(features):
+        resolved = "numba"  # the same graph, several times faster
+    if resolved == "torch_cluster":
         neighbours = _knn_torch_cluster(features, k, exclude_radius)
+    elif resolved == "numba":
+        from pyg_lecc.ops.knn import knn_in_windows  # Numba's import costs about a second
+
+        neighbours = knn_in_windows(features, k, exclude_radius, (Sh, Sw))
     else:
         neighbours = _knn_torch(features, k, exclude_radius, (Sh, Sw))
     centres = torch.arange(B * H * W, device=features.device).repeat_interleave(k)

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyg_lecc import inference
+from pyg_lecc import cli, inference
 from pyg_lecc.cli import main
 from pyg_lecc.data import read_nir, read_rgb
 from pyg_lecc.inference import colorize, load_model
@@ -158,6 +157,7 @@ def test_colorize_writes_pngs(tmp_path, gnn_weights, capsys):
         assert img.shape == shape and img.dtype == np.uint8
     stdout = capsys.readouterr().out
     assert stdout.count(" s  peak ") == 2
+    assert "30x41 (height x width)" in stdout  # the order of every size message
 
 
 def test_colorize_refuses_overwrite(tmp_path, cnn_weights, capsys):
@@ -187,6 +187,100 @@ def test_colorize_demo(tmp_path, cnn_weights, capsys):
     assert capsys.readouterr().out.count("PSNR") == 4
 
 
+@pytest.mark.parametrize("route", ["same_folder", "dotdot", "symlinked_folder", "hard_link"])
+def test_colorize_never_writes_over_an_input(route, tmp_path, cnn_weights, capsys):
+    scene = _nir_file(tmp_path / "in" / "scene.png", 16, 16)
+    before = scene.read_bytes()
+    out = tmp_path / "in"
+    if route == "dotdot":
+        out = tmp_path / "in" / ".." / "in"
+    elif route == "symlinked_folder":
+        out = tmp_path / "link"
+        out.symlink_to(tmp_path / "in", target_is_directory=True)
+    elif route == "hard_link":  # the same file under another name, as on case-insensitive disks
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "scene.png").hardlink_to(scene)
+    argv = ["colorize", str(scene), "-o", str(out), "--weights", str(cnn_weights), "--overwrite"]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert f"input file {scene}" in line
+    assert scene.read_bytes() == before
+
+
+@pytest.mark.parametrize("target", ["save_dir", "json_on_weights", "json_on_image"])
+def test_evaluate_never_writes_over_an_input(target, tmp_path, data, cnn_weights, capsys):
+    nir_dir = data / "validation" / "nir"
+    before = {p: p.read_bytes() for p in [cnn_weights, *nir_dir.iterdir()]}
+    argv = ["evaluate", "--data", str(data), "--weights", str(cnn_weights), "--overwrite"]
+    if target == "save_dir":  # plain layout: the PNGs would be named like the NIR inputs
+        argv += ["--save-dir", str(nir_dir)]
+        victim = nir_dir / "scene_a.png"
+    elif target == "json_on_weights":
+        argv += ["--json", str(cnn_weights)]
+        victim = cnn_weights
+    else:
+        argv += ["--json", str(nir_dir / "scene_b.png")]
+        victim = nir_dir / "scene_b.png"
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before any work
+    assert f"input file {victim}" in captured.err
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_evaluate_finishes_good_pairs_and_reports_bad_ones(tmp_path, data, cnn_weights, capsys):
+    val = data / "validation"
+    _bad_png(val / "nir" / "scene_a.png")
+    _nir_file(val / "nir" / "scene_c.png", 24, 24)  # its RGB partner is 20x20: size mismatch
+    iio.imwrite(val / "rgb" / "scene_c.png", np.zeros((20, 20, 3), np.uint8))
+    save, report = tmp_path / "pngs", tmp_path / "val.json"
+    argv = ["evaluate", "--data", str(data), "--weights", str(cnn_weights)]
+    assert main([*argv, "--save-dir", str(save), "--json", str(report)]) == 2
+    line = _error_line(capsys)
+    assert "2 of 3 pairs could not be evaluated" in line
+    assert "scene_a (" in line and "scene_c (" in line and "scene_b (" not in line
+    assert f"the other 1 were written to {save}" in line
+    assert sorted(p.name for p in save.iterdir()) == ["scene_b.png"]
+    assert not report.exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("unknown_config_key", "unknown config key"),
+        ("config_tensor_mismatch", "do not match its config"),
+        ("missing_tensor", "missing tensors (1): last.bias"),
+        ("unregistered_model", "unknown model 'resnet'"),
+        ("random_binary", "not a PyTorch weights archive"),
+        ("truncated", "not a PyTorch weights archive"),
+    ],
+)
+def test_damaged_weights_exit_code_2(kind, needle, tmp_path, capsys):
+    model = _tiny(True)
+    blob = {"model": "nir-gnn", "config": model.config(), "state_dict": model.state_dict()}
+    if kind == "unknown_config_key":
+        blob["config"]["colour"] = 3
+    elif kind == "config_tensor_mismatch":
+        blob["config"]["features"] = 9
+    elif kind == "missing_tensor":
+        del blob["state_dict"]["last.bias"]
+    elif kind == "unregistered_model":
+        blob["model"] = "resnet"
+    path = tmp_path / "damaged.pt"
+    torch.save(blob, path)
+    if kind == "random_binary":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    good = _nir_file(tmp_path / "good.png", 16, 16)
+    argv = ["colorize", str(good), "-o", str(tmp_path / "out"), "--weights", str(path)]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert str(path) in line and needle in line and "weights_only" not in line
+    assert not (tmp_path / "out").exists()
+
+
 def _bad_png(path: Path) -> Path:
     path.write_text("not an image")
     return path
@@ -196,6 +290,7 @@ def _bad_png(path: Path) -> Path:
     ("case", "needle"),
     [
         ("missing_input", "nope_nir.png"),
+        ("directory_input", "scene.png is a directory"),
         ("corrupt_input", "broken.png"),
         ("colour_input", "colour.png"),
         ("missing_weights", "absent.pt"),
@@ -215,6 +310,9 @@ def test_bad_input_exit_code_2(case, needle, tmp_path, data, cnn_weights, capsys
     weights = ["--weights", str(cnn_weights)]
     if case == "missing_input":
         argv = ["colorize", str(tmp_path / "nope_nir.png"), *out, *weights]
+    elif case == "directory_input":
+        (tmp_path / "scene.png").mkdir()
+        argv = ["colorize", str(tmp_path / "scene.png"), *out, *weights]
     elif case == "corrupt_input":
         argv = ["colorize", str(_bad_png(tmp_path / "broken.png")), *out, *weights]
     elif case == "colour_input":
@@ -278,13 +376,14 @@ def test_train_builds_config(tmp_path, monkeypatch, capsys):
             seen.update(kwargs)
 
     def fake_train(config):
-        return {"iterations": 7, "weights": "w.pt", "val": None}
+        return {"iterations": 7, "weights": "w.pt", "val": None, "stopped": "time_budget"}
 
-    fake = types.ModuleType("pyg_lecc.training")
-    fake.TrainConfig, fake.train = FakeConfig, fake_train
-    monkeypatch.setitem(sys.modules, "pyg_lecc.training", fake)
+    monkeypatch.setattr(cli, "TrainConfig", FakeConfig)
+    monkeypatch.setattr(cli, "train", fake_train)
     argv = ["train", "--data", "d", "--out", "o", "--model", "cnn", "--iters", "7"]
     argv += ["--lr", "2e-4", "--lr-end", "3e-5", "--threads", "1", "--no-progress", "--resume"]
+    argv += ["--schedule", "cosine", "--warmup", "2", "--time-budget", "90", "--amp", "bf16"]
+    argv += ["--ema", "0.99", "--holdout", "3", "--init-from", "w.pt"]
     assert main(argv) == 0
     assert seen == {
         "data": Path("d"),
@@ -307,8 +406,22 @@ def test_train_builds_config(tmp_path, monkeypatch, capsys):
         "val_split": "validation",
         "threads": 1,
         "progress": False,
+        "schedule": "cosine",
+        "warmup": 2,
+        "time_budget": 90.0,
+        "init_from": Path("w.pt"),
+        "amp": "bf16",
+        "ema": 0.99,
+        "holdout": 3,
+        "bn_batches": 16,
     }
-    assert "7 iterations" in capsys.readouterr().out
+    assert "7 of 7 iterations (time budget reached)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["1", "0", "1.5", "x"])
+def test_train_refuses_an_ema_decay_outside_0_1(value, capsys):
+    assert main(["train", "--data", "d", "--out", "o", "--ema", value]) == 2
+    assert "--ema" in capsys.readouterr().err
 
 
 def test_train_tiny_run(tmp_path, data, capsys):

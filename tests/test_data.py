@@ -133,6 +133,13 @@ def test_read_image_missing_file(tmp_path):
         read_image(tmp_path / "nothing.png")
 
 
+def test_read_image_directory(tmp_path):
+    folder = tmp_path / "scene.png"
+    folder.mkdir()
+    with pytest.raises(ImageReadError, match=r"scene\.png is a directory, not an image file"):
+        read_image(folder)
+
+
 def test_read_nir_accepts_grey_stored_as_rgb(tmp_path):
     grey = _grey()
     nir = read_nir(_write(tmp_path / "g3.png", np.dstack([grey] * 3)))

@@ -191,7 +191,7 @@ def test_tensor_input_matches_numpy(cnn):
         (np.zeros((8, 8), np.float32), {"tile": 0}, "tile"),
         (np.zeros((8, 8), np.float32), {"context": -1}, "context"),
         (np.zeros((8, 8), np.float32), {"search_window": 0}, "search_window"),
-        (np.zeros((5, 30), np.float32), {}, "too small"),
+        (np.zeros((5, 30), np.float32), {}, "too small: height x width 5x30"),
         (np.zeros((30, 30), np.float32), {"tile": 2, "context": 2}, "too small"),
     ],
 )
@@ -231,6 +231,28 @@ def test_colorize_file_refuses_overwrite(tmp_path, cnn):
     assert iio.imread(dst).shape == (12, 12, 3)
     with pytest.raises(ImageReadError, match=r"missing\.png"):
         colorize_file(cnn, tmp_path / "missing.png", tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("route", ["same_path", "symlink", "dotdot"])
+def test_colorize_file_never_writes_over_its_input(route, tmp_path, cnn):
+    src = tmp_path / "scene.png"
+    iio.imwrite(src, (smooth_nir(12, 12) * 255).astype(np.uint8))
+    before = src.read_bytes()
+    dst = src
+    if route == "symlink":
+        dst = tmp_path / "link.png"
+        dst.symlink_to(src)
+    elif route == "dotdot":
+        (tmp_path / "sub").mkdir()
+        dst = tmp_path / "sub" / ".." / "scene.png"
+    with pytest.raises(ValueError, match=r"refusing to write .* input file .*scene\.png"):
+        colorize_file(cnn, src, dst, overwrite=True)
+    assert src.read_bytes() == before
+
+
+def test_weights_path_is_a_directory(tmp_path):
+    with pytest.raises(ValueError, match="is a directory"):
+        resolve_weights(tmp_path)
 
 
 def test_load_model_roundtrip(tmp_path, gnn):

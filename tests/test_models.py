@@ -1,3 +1,8 @@
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -8,6 +13,7 @@ from pyg_lecc.models import (
     list_models,
     load_weights,
     matched_cnn_features,
+    model_from_weights,
     num_parameters,
     save_weights,
 )
@@ -132,3 +138,99 @@ def test_errors():
         get_model("unet")
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         NIRGNN(**TINY)(torch.rand(1, 3, 8, 8))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+# Every kind of damaged weights file, with a fragment of the error it must give.
+DAMAGED = {
+    "unknown_config_key": r"unknown config key\(s\) \['colour'\]",
+    "missing_config_key": r"config lacks \['k'\]",
+    "bad_config_value": "invalid config value layers_per_block=True",
+    "invalid_config": "multiple of 3",
+    "config_tensor_mismatch": r"do not match its config .*: tensors of the wrong shape or type",
+    "missing_tensor": r"missing tensors \(1\): last\.bias",
+    "nan_tensor": "'last.bias' holds NaN",
+    "integer_tensor": r"wrong shape or type \(1\): last\.bias int64\[3\] instead of float32\[3\]",
+    "sparse_tensor": "not a mapping of names to dense real CPU tensors",
+    "unregistered_model": "unknown model 'resnet'",
+    "unsafe_object": "never loaded",
+    "random_binary": "not a PyTorch weights archive",
+    "truncated": "not a PyTorch weights archive",
+    "empty": "not a PyTorch weights archive",
+    "foreign_zip": r"the file is damaged \(",
+}
+
+
+def write_damaged_weights(path: Path, kind: str) -> None:
+    model = NIRGNN(**TINY)
+    config = model.config()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    blob = {"model": "nir-gnn", "config": config, "state_dict": state}
+    if kind == "unknown_config_key":
+        config["colour"] = 3
+    elif kind == "missing_config_key":
+        del config["k"]
+    elif kind == "bad_config_value":
+        config["layers_per_block"] = True
+    elif kind == "invalid_config":
+        config["features"] = 10
+    elif kind == "config_tensor_mismatch":
+        config["features"] = 9
+    elif kind == "missing_tensor":
+        del state["last.bias"]
+    elif kind == "nan_tensor":
+        state["last.bias"][0] = float("nan")
+    elif kind == "integer_tensor":
+        state["last.bias"] = state["last.bias"].long()
+    elif kind == "sparse_tensor":
+        state["last.bias"] = state["last.bias"].to_sparse()
+    elif kind == "unregistered_model":
+        blob["model"] = "resnet"
+    elif kind == "unsafe_object":
+        blob["state_dict"] = _Payload()
+    buf = io.BytesIO()
+    if kind == "foreign_zip":
+        with zipfile.ZipFile(buf, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+    else:
+        torch.save(blob, buf)
+    data = buf.getvalue()
+    if kind == "random_binary":
+        data = np.random.default_rng(0).bytes(4096)
+    elif kind == "truncated":
+        data = data[: len(data) // 2]
+    elif kind == "empty":
+        data = b""
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGED))
+def test_damaged_weights_raise_value_error(tmp_path, kind, capsys):
+    path = tmp_path / f"{kind}.pt"
+    write_damaged_weights(path, kind)
+    needle = DAMAGED[kind]
+    with pytest.raises(ValueError, match=needle) as err:
+        model_from_weights(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "weights_only" not in message  # never advise loading that may run code
+    with pytest.raises(ValueError, match=needle):
+        get_model("nir-gnn", weights=path)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_weights_directory(tmp_path):
+    with pytest.raises(ValueError, match="is a directory"):
+        load_weights(tmp_path)
+
+
+def test_diverged_model_fails_at_the_graph():
+    model = NIRGNN(**TINY).eval()
+    with torch.no_grad():
+        model.branches[0].convs[0].weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinite values at 144 of 144 pixels"):
+        model(torch.rand(1, 1, 12, 12))

@@ -320,10 +320,13 @@ def test_ctrl_c_writes_checkpoint_and_resumes_exactly(data, tmp_path, monkeypatc
         return original(self)
 
     monkeypatch.setattr(RandomPatchSampler, "sample", sample)
+    # The handler in force before training, whatever it is: a background job of a
+    # non-interactive shell starts with SIGINT ignored, not with default_int_handler.
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         train(_config(data, resumed, model="cnn"))
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # restored, not left to training's
     ckpt = _load(resumed / "checkpoint.pt")
     assert ckpt["iteration"] == 2  # not a multiple of ckpt_every: written on interruption
     assert not (resumed / "weights.pt").exists()

@@ -6,11 +6,14 @@ Sub-commands:
   (:mod:`pyg_lecc.training`).
 - ``evaluate``: colorize the NIR images of a data set split and report PSNR, SSIM and the two
   angular errors against the RGB ground truth (per image and mean), optionally as JSON.
+- ``pack-data``: write a compact, checksummed copy of a data set (lossless WebP), e.g. to
+  carry the training data to a remote GPU machine.
 - ``colorize``: colorize NIR image files of any size (tiled, bounded memory) into 8-bit RGB
   PNGs; ``--demo`` colorizes the sample images bundled with the package.
 
-Bad input (missing or unreadable files, unpairable data, outputs that already exist, invalid
-values) ends with one line ``pyg-lecc: error: ...`` on stderr and exit code 2.
+Bad input (missing or unreadable files, damaged weights, unpairable data, outputs that already
+exist, invalid values) ends with one line ``pyg-lecc: error: ...`` on stderr and exit code 2.
+No output is ever written over an input file, whatever ``--overwrite`` says.
 
 Example:
     .. code-block:: console
@@ -36,18 +39,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyg_lecc.data import find_pairs, load_pair, read_nir, read_rgb, write_rgb_png
+from pyg_lecc.data import (
+    find_pairs,
+    load_pair,
+    pack_dataset,
+    read_nir,
+    read_rgb,
+    write_rgb_png,
+)
 from pyg_lecc.inference import (
     DEFAULT_CONTEXT,
     DEFAULT_SEARCH_WINDOW,
     DEFAULT_TILE,
     colorize,
     load_model,
+    refuse_inputs_as_outputs,
     resolve_weights,
     sample_pairs,
 )
 from pyg_lecc.metrics import METRIC_KEYS, evaluate_pair, summarize
 from pyg_lecc.models import list_models
+from pyg_lecc.training import AMP_MODES, SCHEDULES, TrainConfig, train
 
 __all__ = ["build_parser", "main"]
 
@@ -89,6 +101,13 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text}")
     return value
 
 
@@ -174,9 +193,73 @@ def build_parser() -> argparse.ArgumentParser:
         default="validation",
         help="split to validate on (default: validation)",
     )
-    p.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads")
+    p.add_argument(
+        "--threads", type=_int_at_least(1), default=None, help="CPU threads (default: all cores)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="exp",
+        help="learning-rate decay after the warm-up (default: exp, the paper's)",
+    )
+    p.add_argument(
+        "--warmup", type=_int_at_least(0), default=0, help="linear warm-up iterations (default: 0)"
+    )
+    p.add_argument(
+        "--time-budget",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop cleanly after this many seconds of training (checkpoint, weights, log)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="WEIGHTS",
+        help="start from a weights file with a fresh optimiser (same architecture)",
+    )
+    p.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default="none",
+        help="bfloat16 autocast of the training forward pass (default: none; TF32 is on "
+        "on CUDA anyway)",
+    )
+    p.add_argument(
+        "--ema",
+        type=_fraction,
+        default=None,
+        metavar="DECAY",
+        help="exponential moving average of the weights, e.g. 0.999, used for validation and "
+        "the exported weights",
+    )
+    p.add_argument(
+        "--bn-batches",
+        type=_int_at_least(1),
+        default=16,
+        help="training batches on which the BatchNorm statistics of the --ema weights are "
+        "recomputed before each validation (default: 16)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=_int_at_least(0),
+        default=0,
+        help="training pairs held out (by seed) to select the exported weights (default: 0)",
+    )
     p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser(
+        "pack-data",
+        help="write a compact, checksummed copy of a data set",
+        description="Copy a data set's train and validation pairs into OUT_DIR as lossless "
+        "WebP (plain layout, about a fifth smaller than PNG) with a manifest of checksums of "
+        "the decoded images; every command reads the pack like the original and checks it.",
+    )
+    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT_DIR", help="new pack folder")
+    p.set_defaults(handler=_cmd_pack_data)
 
     p = sub.add_parser(
         "evaluate",
@@ -306,9 +389,6 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    # Imported here: training pulls in torch.distributed and tqdm, not needed otherwise.
-    from pyg_lecc.training import TrainConfig, train
-
     config = TrainConfig(
         data=args.data,
         out=args.out,
@@ -330,9 +410,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         val_split=args.val_split,
         threads=args.threads,
         progress=not args.no_progress,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        time_budget=args.time_budget,
+        init_from=args.init_from,
+        amp=args.amp,
+        ema=args.ema,
+        holdout=args.holdout,
+        bn_batches=args.bn_batches,
     )
     summary = train(config)
-    print(f"training done: {summary.get('iterations')} iterations, run folder {args.out}")
+    stopped = " (time budget reached)" if summary.get("stopped") == "time_budget" else ""
+    print(
+        f"training done: {summary.get('iterations')} of {args.iters} iterations{stopped}, "
+        f"run folder {args.out}"
+    )
     for key in ("weights", "checkpoint", "log"):
         if summary.get(key):
             print(f"  {key}: {summary[key]}")
@@ -344,29 +436,59 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pack_data(args: argparse.Namespace) -> int:
+    result = pack_dataset(args.data, args.out)
+    counts = ", ".join(f"{n} {split}" for split, n in result["pairs"].items())
+    print(
+        f"packed {counts} pairs into {args.out}: {result['bytes'] / 2**20:.1f} MiB "
+        f"(source images {result['source_bytes'] / 2**20:.1f} MiB), checked by decoding"
+    )
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     device = _check_device(args.device)
     pairs = find_pairs(args.data, args.split)
-    # Refuse before any work: an existing JSON or PNG is never replaced without --overwrite.
-    if args.json is not None:
-        _refuse_existing([args.json], args.overwrite)
-    if args.save_dir is not None:
-        _refuse_existing([args.save_dir / f"{p.name}.png" for p in pairs], args.overwrite)
     weights = resolve_weights(args.weights, args.model)
+    # Refuse before any work: no input is ever written over, and an existing JSON or PNG is
+    # never replaced without --overwrite.
+    outputs: list[Path] = [] if args.json is None else [args.json]
+    if args.save_dir is not None:
+        outputs += [args.save_dir / f"{p.name}.png" for p in pairs]
+    inputs = [weights, *(p.nir_path for p in pairs), *(p.rgb_path for p in pairs)]
+    refuse_inputs_as_outputs(outputs, inputs)
+    _refuse_existing(outputs, args.overwrite)
     model, name = load_model(weights, args.model, device)
 
     print(f"{name} ({weights}) on {len(pairs)} {args.split} images of {args.data}")
     width = max(len("mean"), *(len(p.name) for p in pairs))
     print(_format_header(width))
     per_image: list[dict[str, Any]] = []
+    failed: list[str] = []
     for pair in pairs:
-        nir, rgb = load_pair(pair)
-        pred = _colorize_with_args(model, nir, args, device)
+        try:
+            nir, rgb = load_pair(pair)
+            pred = _colorize_with_args(model, nir, args, device)
+        except ValueError as err:  # a bad pair: finish the others, report all bad ones at the end
+            failed.append(f"{pair.name} ({err})")
+            print(f"{pair.name:<{width}}  failed", flush=True)
+            continue
         metrics = evaluate_pair(pred, rgb)
         per_image.append({"name": pair.name, **metrics})
         print(_format_row(pair.name, metrics, width), flush=True)
         if args.save_dir is not None:
             write_rgb_png(args.save_dir / f"{pair.name}.png", pred, overwrite=args.overwrite)
+    if failed:
+        # A mean over part of the split would pass for the split's: none is reported.
+        written = (
+            f"; the colorized images of the other {len(per_image)} were written to {args.save_dir}"
+            if args.save_dir is not None and per_image
+            else ""
+        )
+        raise ValueError(
+            f"{len(failed)} of {len(pairs)} pairs could not be evaluated, so no mean and no JSON "
+            f"were produced{written}: " + "; ".join(failed)
+        )
     mean = summarize(per_image)
     print(_format_row("mean", mean, width))
 
@@ -407,14 +529,17 @@ def _cmd_colorize(args: argparse.Namespace) -> int:
     # All checks before any work, so a refused run writes nothing.
     outputs: dict[Path, Path] = {}
     for src in inputs:
+        if src.is_dir():
+            raise ValueError(f"input image {src} is a directory, not an image file")
         if not src.is_file():
             raise FileNotFoundError(f"input image not found: {src}")
         dst = out_dir / f"{src.stem}.png"
         if dst in outputs:
             raise ValueError(f"{outputs[dst]} and {src} would both be written to {dst}")
         outputs[dst] = src
-    _refuse_existing(list(outputs), args.overwrite)
     weights = resolve_weights(args.weights, args.model)
+    refuse_inputs_as_outputs(outputs, [weights, *inputs, *truth.values()])
+    _refuse_existing(list(outputs), args.overwrite)
     model, name = load_model(weights, args.model, device)
     print(f"{name} ({weights}) on {device}")
 
@@ -426,7 +551,8 @@ def _cmd_colorize(args: argparse.Namespace) -> int:
         rgb = _colorize_with_args(model, nir, args, device)
         seconds = time.perf_counter() - start
         write_rgb_png(dst, rgb, overwrite=args.overwrite)
-        line = f"{src} -> {dst}  {nir.shape[1]}x{nir.shape[0]}  {seconds:.2f} s  "
+        height, width = nir.shape
+        line = f"{src} -> {dst}  {height}x{width} (height x width)  {seconds:.2f} s  "
         line += _peak_memory(device)
         if src in truth:
             # Demo samples come with their ground truth: show how close the colors are.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -42,6 +42,7 @@ __all__ = [
     "colorize",
     "colorize_file",
     "load_model",
+    "refuse_inputs_as_outputs",
     "resolve_weights",
     "sample_dir",
     "sample_pairs",
@@ -208,7 +209,9 @@ def colorize(
     H, W = img.shape
     # Smaller inputs break the 7x7 reflect padding or leave too few kNN candidates.
     if min(H, W) < MIN_SIDE:
-        raise ValueError(f"the NIR image is too small: {H}x{W}, at least {MIN_SIDE}x{MIN_SIDE}")
+        raise ValueError(
+            f"the NIR image is too small: height x width {H}x{W}, at least {MIN_SIDE}x{MIN_SIDE}"
+        )
     if tile + 2 * context < MIN_SIDE:
         raise ValueError(
             f"tiles of {tile} + 2 x {context} context pixels are too small: 'tile + 2 * context' "
@@ -268,17 +271,54 @@ def colorize_file(
     Raises:
         FileExistsError: ``output_path`` exists and ``overwrite`` is false (checked before any
             work is done).
+        ValueError: ``output_path`` is ``input_path`` (also through links), whatever
+            ``overwrite`` says (checked before any work is done).
         ImageReadError: ``input_path`` is missing or not a readable NIR image.
 
     Example:
         >>> colorize_file(model, "scene_nir.tif", "out/scene.png")  # doctest: +SKIP
     """
     output_path = Path(output_path)
+    refuse_inputs_as_outputs([output_path], [Path(input_path)])
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} already exists (pass overwrite=True to replace it)")
     rgb = colorize(model, read_nir(input_path), **kwargs)  # type: ignore[arg-type]
     write_rgb_png(output_path, rgb, overwrite=overwrite)
     return rgb
+
+
+def refuse_inputs_as_outputs(outputs: Iterable[Path], inputs: Iterable[Path]) -> None:
+    """Refuse to write over an input file, whatever ``overwrite`` says.
+
+    Paths are compared after resolving symbolic links and ``..``, and existing files also by
+    identity (device and inode), which catches hard links and case-insensitive file systems.
+
+    Raises:
+        ValueError: An output is one of the inputs (the message names both paths).
+
+    Example:
+        >>> refuse_inputs_as_outputs([Path("out/a.png")], [Path("in/a.png")])
+    """
+    known: dict[Path | tuple[int, int], Path] = {}
+    for src in inputs:
+        for key in _file_keys(src):
+            known[key] = src
+    for dst in outputs:
+        for key in _file_keys(dst):
+            if key in known:
+                raise ValueError(
+                    f"refusing to write {dst}: it is the input file {known[key]} (choose "
+                    "another output path)"
+                )
+
+
+def _file_keys(path: Path) -> list[Path | tuple[int, int]]:
+    keys: list[Path | tuple[int, int]] = [path.resolve()]
+    if path.exists():
+        st = path.stat()
+        if st.st_ino:  # 0 where the file system has no inode numbers
+            keys.append((st.st_dev, st.st_ino))
+    return keys
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +332,7 @@ def resolve_weights(weights: str | os.PathLike[str] = "default", model: str = "n
 
     Raises:
         FileNotFoundError: The file does not exist (the message names it).
-        ValueError: ``model`` is not a registered model name.
+        ValueError: ``model`` is not a registered model name, or ``weights`` is a directory.
 
     Example:
         >>> resolve_weights("default", "cnn").name  # doctest: +SKIP
@@ -307,6 +347,8 @@ def resolve_weights(weights: str | os.PathLike[str] = "default", model: str = "n
             )
         return path
     path = Path(weights)
+    if path.is_dir():
+        raise ValueError(f"the weights file {path} is a directory")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     return path

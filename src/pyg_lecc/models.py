@@ -7,6 +7,9 @@ image graph builder :class:`ImageKNNGraph` and 3x3 convolutions.
 from __future__ import annotations
 
 import json
+import math
+import pickle
+import zipfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -276,26 +279,105 @@ def _weights_dir() -> Path:
     return Path(str(resources.files("pyg_lecc") / "weights"))
 
 
+# The architecture a weights file stores (NIRGNN.config()), with the type of each value. All
+# are required: k and delta shape no tensor, so a missing one would silently load a wrong model.
+_CONFIG_TYPES: dict[str, type] = {
+    "features": int,
+    "rank": int,
+    "delta": float,
+    "k": int,
+    "non_local": bool,
+    "layers_per_block": int,
+}
+
+
 def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Loads a weights file written by :func:`save_weights` without running any code
     (``torch.load(weights_only=True)``).
 
     Returns:
         The model name and architecture config, and the state dict.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is a directory, or not a valid weights file: not a complete
+            PyTorch archive, objects other than tensors and plain values, missing entries, an
+            unregistered model name, an unknown or invalid config value, or a tensor that is
+            not finite. The message names the file and the problem.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"the weights file {path} is a directory")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    # torch.save writes zip archives; checking first gives a clear message for truncated and
+    # foreign files instead of torch's unpickling errors.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"cannot load weights from {path}: not a PyTorch weights archive (the file is "
+            "truncated, damaged or of another format)"
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle and zip errors, or a refused (unsafe) object
-        raise ValueError(f"cannot load weights from {path}: {err}") from err
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, i.e. running the file's code: not shown.
+        raise ValueError(
+            f"cannot load weights from {path}: it is damaged or holds objects other than "
+            "tensors and plain values, which are never loaded (that could run code)"
+        ) from err
+    except Exception as err:  # damaged zip members, read errors
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(
+            f"cannot load weights from {path}: the file is damaged ({detail})"
+        ) from err
     if not isinstance(blob, dict) or not {"model", "config", "state_dict"} <= blob.keys():
         raise ValueError(
             f"{path} is not a pyg_lecc weights file (expected keys 'model', 'config', 'state_dict')"
         )
-    meta = {"model": blob["model"], "config": dict(blob["config"])}
-    return meta, blob["state_dict"]
+    name, config, state = blob["model"], blob["config"], blob["state_dict"]
+    if name not in _REGISTRY:
+        raise ValueError(f"{path} holds weights of unknown model {name!r}; known: {list_models()}")
+    _check_config(path, config)
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) and _is_plain(v) for k, v in state.items()
+    ):
+        raise ValueError(
+            f"{path} is damaged: 'state_dict' is not a mapping of names to dense real CPU tensors"
+        )
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path} is damaged: tensor {key!r} holds NaN or infinite values")
+    return {"model": name, "config": dict(config)}, state
+
+
+def _is_plain(tensor: Tensor) -> bool:
+    # What save_weights writes; others (meta, sparse, complex) fail or mislead later.
+    return (
+        tensor.layout == torch.strided and tensor.device.type == "cpu" and not tensor.is_complex()
+    )
+
+
+def _check_config(path: Path, config: object) -> None:
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is damaged: 'config' is not a dict, got {type(config).__name__}")
+    unknown = sorted(map(str, config.keys() - _CONFIG_TYPES.keys()))
+    missing = sorted(_CONFIG_TYPES.keys() - config.keys())
+    if unknown or missing:
+        problem = f"unknown config key(s) {unknown}" if unknown else f"config lacks {missing}"
+        raise ValueError(
+            f"{path} is damaged: {problem} (a weights config has exactly {sorted(_CONFIG_TYPES)})"
+        )
+    for key, kind in _CONFIG_TYPES.items():
+        value = config[key]
+        if kind is bool:
+            valid = isinstance(value, bool)
+        elif kind is int:
+            valid = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        else:  # delta: a positive finite number
+            valid = isinstance(value, int | float) and not isinstance(value, bool)
+            valid = valid and math.isfinite(value) and value > 0
+        if not valid:
+            raise ValueError(f"{path} is damaged: invalid config value {key}={value!r}")
 
 
 def save_weights(model: NIRGNN, name: str, path: str | Path) -> None:
@@ -365,11 +447,59 @@ def model_from_weights(path: str | Path, **runtime: Any) -> tuple[NIRGNN, str]:
 
     Returns:
         The model and its registered name (:obj:`"nir-gnn"` or :obj:`"cnn"`).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a valid weights file (see :func:`load_weights`), or its
+            tensors do not match its config. The message names the file and the problem.
     """
     meta, state = load_weights(path)
-    model = NIRGNN(**meta["config"], **runtime)
+    try:
+        model = NIRGNN(**meta["config"], **runtime)
+    except ValueError as err:
+        raise ValueError(
+            f"{path} is damaged: its config {meta['config']} is invalid: {err}"
+        ) from err
+    mismatch = _state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(
+            f"{path} is damaged: its tensors do not match its config {meta['config']}: {mismatch}"
+        )
     model.load_state_dict(state)
     return model.eval(), str(meta["model"])
+
+
+def _state_mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
+    # A short summary instead of load_state_dict's error, which lists every key.
+    def some(names: list[str]) -> str:
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        return ", ".join(names[:3]) + more
+
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong = [
+        f"{key} {_describe(state[key])} instead of {_describe(tensor)}"
+        for key, tensor in expected.items()
+        if key in state
+        and (
+            state[key].shape != tensor.shape
+            or state[key].is_floating_point() != tensor.is_floating_point()
+        )
+    ]
+    problems = [
+        f"{what} ({len(names)}): {some(names)}"
+        for what, names in (
+            ("missing tensors", missing),
+            ("unexpected tensors", unexpected),
+            ("tensors of the wrong shape or type", wrong),
+        )
+        if names
+    ]
+    return "; ".join(problems)
+
+
+def _describe(tensor: Tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}"
 
 
 def _build(name: str, weights: str | Path | None, **kwargs: Any) -> NIRGNN:

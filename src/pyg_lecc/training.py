@@ -5,6 +5,14 @@ The recipe (Valsesia, Fracastoro, Magli, VCIP 2020): Adam, mean squared error on
 rate decayed exponentially from ``1e-4`` to ``1e-5`` over the whole run,
 ``lr_t = lr * (lr_end / lr) ** (t / iters)`` at iteration ``t = 0 .. iters - 1``.
 
+Options for short, resumable budgets (a lent GPU for a few minutes, a laptop overnight):
+``time_budget`` stops cleanly after so many seconds of training, ``init_from`` starts from a
+weights file with a fresh optimiser, ``amp="bf16"`` runs the forward pass under bfloat16
+autocast (TF32 matmuls are on by default on CUDA), ``ema`` keeps an exponential moving average
+of the weights for validation and export, ``warmup`` and ``schedule="cosine"`` shape the
+learning rate, and ``holdout`` sets aside training pairs for model selection, so that the
+validation split stays a reporting set, as in the paper.
+
 :func:`train` runs it from a :class:`TrainConfig` and writes to ``config.out``:
 
 - ``log.jsonl``: one JSON object per line. ``{"kind": "train", ...}`` every
@@ -23,12 +31,17 @@ rate decayed exponentially from ``1e-4`` to ``1e-5`` over the whole run,
   per process: ``sampler``, ``torch_rng``, ``cuda_rng``, and the running loss sums of the
   log lines).
 - ``weights.pt``: the final weights, written with :func:`pyg_lecc.models.save_weights`
-  (load them with :func:`pyg_lecc.models.get_model`).
+  (load them with :func:`pyg_lecc.models.get_model`): the moving average with ``ema``, and the
+  weights of the best selection score with ``holdout``.
+- ``best.pt`` (with ``holdout`` only): the weights of the best selection score so far.
+
+With ``holdout``, ``{"kind": "select", ...}`` lines hold the metrics on the held-out training
+pairs at every validation; a ``{"kind": "stop", ...}`` line records a ``time_budget`` stop.
 
 Resuming (``resume=True``) continues from ``checkpoint.pt`` and gives exactly the result of an
 uninterrupted run with the same seed (bit for bit on CPU; CUDA kernels such as scatter-adds are
-not deterministic). Log lines written after the checkpoint by the interrupted session are
-dropped, so the log reads as one run.
+not deterministic, and a ``time_budget`` run ends wherever the clock says). Log lines written
+after the checkpoint by the interrupted session are dropped, so the log reads as one run.
 
 Example:
     >>> from pyg_lecc.training import TrainConfig, train
@@ -42,12 +55,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -59,6 +73,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from tqdm.auto import tqdm
 
 from pyg_lecc.data import (
@@ -69,13 +84,23 @@ from pyg_lecc.data import (
     load_pair,
 )
 from pyg_lecc.metrics import evaluate_pair, summarize
-from pyg_lecc.models import NIRGNN, cnn_baseline, list_models, nir_gnn, save_weights
+from pyg_lecc.models import (
+    NIRGNN,
+    cnn_baseline,
+    list_models,
+    load_weights,
+    nir_gnn,
+    save_weights,
+)
 
 __all__ = [
+    "AMP_MODES",
+    "BEST_NAME",
     "CHECKPOINT_NAME",
     "LOG_NAME",
     "PROCESS_GROUP_TIMEOUT",
     "RESUME_FIELDS",
+    "SCHEDULES",
     "VAL_SEARCH_WINDOW",
     "WEIGHTS_NAME",
     "TrainConfig",
@@ -107,9 +132,22 @@ RESUME_FIELDS: tuple[str, ...] = (
     "lr",
     "lr_end",
     "seed",
+    "schedule",
+    "warmup",
+    "ema",
+    "holdout",
+    "bn_batches",
 )
 """Fields of :class:`TrainConfig` (architecture, data, schedule) that must be equal to resume.
-The others (device, output and logging intervals, threads, progress bar) may change."""
+The others (device, output and logging intervals, threads, progress bar, time budget, mixed
+precision) may change."""
+
+SCHEDULES: tuple[str, ...] = ("exp", "cosine")
+"""Learning-rate decays after the warm-up: exponential (the paper's) or cosine."""
+AMP_MODES: tuple[str, ...] = ("none", "bf16")
+"""Mixed-precision modes of the training forward pass."""
+BEST_NAME = "best.pt"
+"""File name of the best weights by selection score (runs with ``holdout``)."""
 
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 """Collective timeout of a process group initialised by :func:`train`: the other processes wait
@@ -157,8 +195,29 @@ class TrainConfig:
             (and at the end).
         val_split: Split of ``data`` to validate on (``"validation"``, ``"val"`` or
             ``"train"``). If it does not exist, validation is skipped with a warning.
-        threads: ``torch.set_num_threads(threads)`` for the process, if given.
+        threads: ``torch.set_num_threads(threads)`` for the process; ``None`` uses every
+            core the process may run on.
         progress: Show a progress bar (rank 0 only).
+        schedule: Decay after the warm-up, ``"exp"`` (the paper's, from ``lr`` to ``lr_end``)
+            or ``"cosine"`` (half a cosine from ``lr`` to ``lr_end``).
+        warmup: Iterations of linear warm-up from ``lr / warmup`` to ``lr`` (0: none).
+        time_budget: Seconds of training after which this session stops cleanly (checkpoint,
+            final validation and weights, a ``"stop"`` log line); the decay then follows
+            whichever of iterations and time is further along, so a budgeted run still ends
+            at ``lr_end``. ``None``: no limit.
+        init_from: Weights file (:func:`pyg_lecc.models.save_weights`) to start a new run
+            from, with a fresh optimiser; its architecture must match this configuration.
+        amp: ``"bf16"`` runs the training forward pass under bfloat16 autocast (parameters,
+            optimiser and validation stay float32), ``"none"`` does not.
+        ema: Decay of an exponential moving average of the weights (e.g. ``0.999``), used for
+            validation, selection and the exported weights; ``None``: no average. Before each
+            validation the BatchNorm statistics of the averaged weights are recomputed on
+            ``bn_batches`` fixed training batches (averaged statistics do not belong to
+            averaged weights: NIR-GNN's edge attention makes it very sensitive to that).
+        bn_batches: Training batches of that recomputation (with ``ema``).
+        holdout: Training pairs set aside (chosen by ``seed``) to select the exported weights
+            by PSNR at every validation; 0 exports the last weights. The ``val_split`` pairs
+            are only reported, never used to select.
 
     Raises:
         ValueError: A value is out of range, the model is unknown, or the device is not
@@ -185,10 +244,20 @@ class TrainConfig:
     val_split: str = "validation"
     threads: int | None = None
     progress: bool = True
+    schedule: str = "exp"
+    warmup: int = 0
+    time_budget: float | None = None
+    init_from: Path | None = None
+    amp: str = "none"
+    ema: float | None = None
+    holdout: int = 0
+    bn_batches: int = 16
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.out = Path(self.out)
+        if self.init_from is not None:
+            self.init_from = Path(self.init_from)
         self.validate()
 
     def validate(self) -> None:
@@ -212,6 +281,9 @@ class TrainConfig:
             ("seed", 0),
             ("val_every", 1),
             ("ckpt_every", 1),
+            ("warmup", 0),
+            ("holdout", 0),
+            ("bn_batches", 1),
         ):
             _check_int(name, getattr(self, name), low)
         if self.threads is not None:
@@ -224,9 +296,9 @@ class TrainConfig:
             )
         for name in ("lr", "lr_end"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not _is_number(value):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-            if not (math.isfinite(value) and value > 0):
+            if not _positive_finite(value):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if self.lr_end > self.lr:
             raise ValueError(
@@ -237,6 +309,21 @@ class TrainConfig:
             raise ValueError(
                 f"val_split must be 'validation', 'val' or 'train', got {self.val_split!r}"
             )
+        if self.warmup >= self.iters:
+            raise ValueError(f"warmup ({self.warmup}) must be below iters ({self.iters})")
+        for name, choices in (("schedule", SCHEDULES), ("amp", AMP_MODES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.time_budget is not None and not _positive_finite(self.time_budget):
+            raise ValueError(f"time_budget must be a positive number of seconds, got "
+                             f"{self.time_budget!r}")
+        if self.ema is not None and not (_is_number(self.ema) and 0.0 < self.ema < 1.0):
+            raise ValueError(f"ema must be a decay strictly between 0 and 1, got {self.ema!r}")
+        if self.init_from is not None and self.resume:
+            raise ValueError(
+                "init_from starts a new run from a weights file; resume continues a run from "
+                "its checkpoint: use one or the other"
+            )
         for name in ("resume", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -246,7 +333,17 @@ class TrainConfig:
         """The configuration as a plain dict (paths as ``str``), as stored in checkpoints."""
         out = asdict(self)
         out["data"], out["out"] = str(self.data), str(self.out)
+        if self.init_from is not None:
+            out["init_from"] = str(self.init_from)
         return out
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _positive_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value) and value > 0
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -277,15 +374,31 @@ def _check_device(device: str) -> None:
     raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda[:N]' or 'mps'")
 
 
-def lr_at(t: int, config: TrainConfig) -> float:
-    """Learning rate of iteration ``t`` (0-based): ``lr * (lr_end / lr) ** (t / iters)``.
+def lr_at(t: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Learning rate of iteration ``t`` (0-based).
+
+    During the warm-up (``t < warmup``) it rises linearly, ``lr * (t + 1) / warmup``. After
+    it, with progress ``p = (t - warmup) / (iters - warmup)`` (or ``time_fraction``, the
+    fraction of a time budget spent, if that is further along, capped at 1), the ``"exp"``
+    schedule gives ``lr * (lr_end / lr) ** p`` and ``"cosine"`` gives
+    ``lr_end + (lr - lr_end) * (1 + cos(pi * p)) / 2``.
 
     Example:
         >>> cfg = TrainConfig(data=".", out="run", iters=10, lr=1e-2, lr_end=1e-3)
         >>> round(lr_at(0, cfg), 6), round(lr_at(5, cfg), 6), round(lr_at(10, cfg), 6)
         (0.01, 0.003162, 0.001)
+        >>> cfg = TrainConfig(data=".", out="run", iters=12, lr=1e-2, lr_end=1e-3,
+        ...                   warmup=2, schedule="cosine")
+        >>> [round(lr_at(t, cfg), 5) for t in (0, 1, 2, 7, 12)]
+        [0.005, 0.01, 0.01, 0.0055, 0.001]
     """
-    return config.lr * (config.lr_end / config.lr) ** (t / config.iters)
+    if t < config.warmup:
+        return config.lr * (t + 1) / config.warmup
+    p = max((t - config.warmup) / (config.iters - config.warmup), time_fraction)
+    p = min(p, 1.0)
+    if config.schedule == "cosine":
+        return config.lr_end + (config.lr - config.lr_end) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return config.lr * (config.lr_end / config.lr) ** p
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,6 +522,18 @@ def _atomic_save_weights(model: NIRGNN, name: str, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def _atomic_copy(source: Path, path: Path) -> None:
+    tmp = _tmp_path(path)
+    try:
+        shutil.copyfile(source, tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def _truncate_log(path: Path, iteration: int) -> None:
     """Drops log lines after ``iteration`` (and torn lines): they belong to iterations the
     resumed run repeats."""
@@ -437,7 +562,7 @@ def _check_fresh_out(out: Path) -> None:
             f"{out / CHECKPOINT_NAME} already exists: pass --resume (resume=True) to continue "
             "that run, or choose another --out"
         )
-    leftovers = [n for n in (WEIGHTS_NAME, LOG_NAME) if (out / n).exists()]
+    leftovers = [n for n in (WEIGHTS_NAME, LOG_NAME, BEST_NAME) if (out / n).exists()]
     if leftovers:
         raise FileExistsError(
             f"{out} already holds {', '.join(leftovers)} of another run (and no checkpoint to "
@@ -461,9 +586,11 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path) -> None:
     current = config.to_dict()
+    # Checkpoints older than a field hold that field's default.
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
     diffs = []
     for name in RESUME_FIELDS:
-        old, new = stored.get(name), current[name]
+        old, new = stored.get(name, defaults[name]), current[name]
         if name == "data":
             same = old is not None and Path(old).resolve() == Path(new).resolve()
         else:
@@ -471,8 +598,15 @@ def _check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path
         if not same:
             diffs.append(f"{name} (checkpoint: {old!r}, now: {new!r})")
     if diffs:
+        hint = ""
+        if any(d.startswith("iters ") for d in diffs):
+            hint = (
+                " (a run's schedule is fixed by iters: to train its weights further, start a "
+                f"new run with init_from={path.parent / WEIGHTS_NAME}, --init-from on the "
+                "command line)"
+            )
         raise ValueError(
-            f"cannot resume from {path}: the configuration differs in " + "; ".join(diffs)
+            f"cannot resume from {path}: the configuration differs in " + "; ".join(diffs) + hint
         )
 
 
@@ -484,11 +618,38 @@ def _check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path
 def _build_model(config: TrainConfig) -> NIRGNN:
     arch = {"rank": config.rank, "k": config.k, "layers_per_block": config.layers_per_block}
     if config.model == "cnn":
-        return cnn_baseline(match_features=config.features, **arch)
-    return nir_gnn(features=config.features, **arch)
+        net = cnn_baseline(match_features=config.features, **arch)
+    else:
+        net = nir_gnn(features=config.features, **arch)
+    if config.init_from is not None:
+        _init_from(net, config)
+    return net
 
 
-def _load_validation(config: TrainConfig) -> list[tuple[str, Tensor, np.ndarray]] | None:
+def _init_from(net: NIRGNN, config: TrainConfig) -> None:
+    path = Path(config.init_from)  # type: ignore[arg-type]
+    meta, state = load_weights(path)
+    if meta["model"] != config.model:
+        raise ValueError(f"init_from {path} holds model {meta['model']!r}, not {config.model!r}")
+    diffs = [
+        f"{key} (weights: {value!r}, run: {net.config()[key]!r})"
+        for key, value in meta["config"].items()
+        if key in net.config() and net.config()[key] != value
+    ]
+    if diffs:
+        raise ValueError(
+            f"init_from {path} does not match the run's architecture: " + "; ".join(diffs)
+        )
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"init_from {path}: its tensors do not fit the model: {err}") from err
+
+
+_EvalData = list[tuple[str, Tensor, np.ndarray]]
+
+
+def _load_validation(config: TrainConfig) -> _EvalData | None:
     try:
         pairs = find_pairs(config.data, config.val_split)
     except PairingError as err:
@@ -499,17 +660,48 @@ def _load_validation(config: TrainConfig) -> list[tuple[str, Tensor, np.ndarray]
             stacklevel=3,
         )
         return None
-    data = []
-    for pair in pairs:
-        nir, rgb = load_pair(pair)
-        data.append((pair.name, torch.from_numpy(nir)[None, None], rgb))
-    return data
+    return [_eval_item(pair.name, *load_pair(pair)) for pair in pairs]
+
+
+def _eval_item(name: str, nir: np.ndarray, rgb: np.ndarray) -> tuple[str, Tensor, np.ndarray]:
+    return name, torch.from_numpy(nir)[None, None], rgb
+
+
+def _split_holdout(
+    train_set: PairedImageDataset, config: TrainConfig
+) -> tuple[PairedImageDataset, _EvalData | None]:
+    """Sets ``config.holdout`` training pairs aside for model selection (chosen by seed)."""
+    if not config.holdout:
+        return train_set, None
+    if config.holdout >= len(train_set):
+        raise ValueError(
+            f"holdout ({config.holdout}) must leave training pairs: the training split of "
+            f"{config.data} has {len(train_set)}"
+        )
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))
+    held = sorted(order[: config.holdout].tolist())
+    kept = sorted(order[config.holdout :].tolist())
+    selection = []
+    for i in held:
+        nir, rgb, name = train_set[i]
+        selection.append(_eval_item(name, nir[0].numpy(), rgb.permute(1, 2, 0).numpy()))
+    return train_set.subset(kept), selection
+
+
+def _bn_batches(train_set: PairedImageDataset, config: TrainConfig) -> list[Tensor]:
+    """The fixed NIR batches on which BatchNorm statistics of averaged weights are recomputed
+    (their own generator: the training sampler's random stream is untouched)."""
+    sampler = RandomPatchSampler(
+        train_set,
+        patch_size=config.patch,
+        batch_size=config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed + 10_000),
+    )
+    return [sampler.sample()[0] for _ in range(config.bn_batches)]
 
 
 @torch.no_grad()
-def _validate(
-    net: NIRGNN, data: list[tuple[str, Tensor, np.ndarray]], device: torch.device
-) -> dict[str, float]:
+def _validate(net: NIRGNN, data: _EvalData, device: torch.device) -> dict[str, float]:
     was_training = net.training
     window = net.graph.search_window
     net.eval()
@@ -590,9 +782,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Returns:
         A summary: ``iterations`` (the last iteration done), ``iterations_this_run``,
-        ``wall_time`` (seconds of training over all sessions), ``seconds_per_iteration``
-        (mean time of a training step in this session, ``None`` if none was done), ``val``
-        (final validation metrics, ``None`` without validation or on ranks other than 0),
+        ``stopped`` (``"time_budget"`` if the budget ended the session early, else
+        ``None``), ``wall_time`` (seconds of training over all sessions),
+        ``seconds_per_iteration`` (mean time of a training step in this session, ``None`` if
+        none was done), ``val`` (validation metrics of the exported weights, ``None`` without
+        validation or on ranks other than 0), ``selected_iteration`` (the iteration whose
+        weights were exported with ``holdout``, else ``None``),
         ``world_size`` and the ``checkpoint``, ``weights`` and ``log`` paths (``str``).
 
     Raises:
@@ -611,12 +806,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
         30
     """
     config.validate()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     info, device = _setup_distributed(config)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls and convolutions
     try:
         return _train(config, info, device)
     finally:
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(precision)
         if info.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -624,6 +823,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, Any]:
     out = Path(config.out)
     ckpt_path, weights_path, log_path = out / CHECKPOINT_NAME, out / WEIGHTS_NAME, out / LOG_NAME
+    best_path = out / BEST_NAME
     ckpt: dict[str, Any] | None = None
     if config.resume:
         ckpt = _load_checkpoint(ckpt_path)
@@ -636,12 +836,17 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
     else:
         _check_fresh_out(out)
 
-    train_set = PairedImageDataset(config.data, "train")
+    train_set, select_data = _split_holdout(PairedImageDataset(config.data, "train"), config)
     val_data = _load_validation(config) if info.is_main else None
 
     torch.manual_seed(config.seed)
     net = _build_model(config).to(device)
     net.train()
+    ema = None
+    if config.ema is not None:
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    judged = net if ema is None else ema.module  # validated, selected and exported
+    bn_batches = _bn_batches(train_set, config) if ema is not None and info.is_main else []
     sampler = RandomPatchSampler(
         train_set,
         patch_size=config.patch,
@@ -652,10 +857,13 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
 
     # Loss sums of this process since the last "train" and "val" log lines.
     acc = {"train_sum": 0.0, "train_count": 0, "val_sum": 0.0, "val_count": 0}
-    start_iter, elapsed_before, last_val = 0, 0.0, None
+    start_iter, elapsed_before, last_val, best = 0, 0.0, None, None
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        best = ckpt.get("best")
         mine = ckpt["rank_states"][info.rank]
         sampler.set_state(mine["sampler"])
         torch.set_rng_state(mine["torch_rng"])
@@ -676,7 +884,7 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    state = {"iteration": start_iter, "last_val": last_val}
+    state = {"iteration": start_iter, "last_val": last_val, "best": best}
     # Absolute paths: a resume from another working directory compares the same folders.
     stored_config = {
         **config.to_dict(),
@@ -710,6 +918,8 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
                 "world_size": info.world_size,
                 "elapsed": elapsed(),
                 "last_val": state["last_val"],
+                "ema": None if ema is None else ema.state_dict(),
+                "best": state["best"],
                 "sampler_state": rank_states[0]["sampler"],
                 "rank_states": rank_states,
             }
@@ -728,15 +938,56 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
         with open(log_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def stop_requested(local: bool) -> bool:
-        if not info.enabled:
-            return local
-        flag = torch.tensor([float(local)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+    def time_fraction() -> float:
+        if config.time_budget is None:
+            return 0.0
+        return (time.monotonic() - session_start) / config.time_budget
 
-    step_time, steps = 0.0, 0
+    def stop_and_clock(interrupted: bool) -> tuple[str | None, float]:
+        # One collective per iteration: every process stops together and uses rank 0's
+        # clock for the time-driven schedule (the same learning rate everywhere).
+        fraction = time_fraction()
+        code = 2.0 if interrupted else 1.0 if fraction >= 1.0 else 0.0
+        if info.enabled:
+            t = torch.tensor([code, fraction if info.is_main else 0.0], device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            code, fraction = t.tolist()
+        return {2.0: "interrupt", 1.0: "time_budget"}.get(code), fraction
+
+    def evaluate(it: int, lr: float, train_loss: float | None) -> None:
+        if bn_batches:
+            update_bn(bn_batches, judged, device)
+        entry = {"iteration": it, "time": elapsed(), "train_loss": train_loss, "lr": lr}
+        selection = None
+        if select_data is not None:
+            selection = _validate(judged, select_data, device)
+            log({"kind": "select", **entry, "timestamp": time.time(), **selection})
+        metrics = None
+        if val_data is not None:
+            metrics = _validate(judged, val_data, device)
+            state["last_val"] = metrics
+            log({"kind": "val", **entry, "timestamp": time.time(), **metrics})
+        best = state["best"]
+        if selection is not None and (best is None or selection["psnr"] > best["psnr"]):
+            state["best"] = {"iteration": it, "psnr": selection["psnr"], "val": metrics}
+            _atomic_save_weights(judged, config.model, best_path)
+
+    def end_of_iteration(it: int, lr: float, train_line: bool, val: bool) -> None:
+        if train_line:
+            mean = reduced_mean("train")
+            if info.is_main:
+                entry = {"kind": "train", "iteration": it, "time": elapsed()}
+                log({**entry, "loss": mean, "lr": lr, "timestamp": time.time()})
+        if val:
+            mean = reduced_mean("val")
+            if info.is_main:
+                evaluate(it, lr, mean)
+        if train_line:
+            write_checkpoint()
+
+    step_time, steps, lr = 0.0, 0, lr_at(start_iter, config)
     in_step = stopped = False
+    stop_reason = None
     bar = tqdm(
         total=config.iters,
         initial=start_iter,
@@ -748,24 +999,30 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
     try:
         with _DeferredSigint() as sigint:
             while state["iteration"] < config.iters:
-                if stop_requested(sigint.requested):
+                stop_reason, fraction = stop_and_clock(sigint.requested)
+                if stop_reason == "interrupt":
                     write_checkpoint()
                     if info.enabled:
                         dist.barrier()  # rank 0 has written it before any process exits
                     stopped = True
                     raise KeyboardInterrupt
+                if stop_reason == "time_budget":
+                    break
                 in_step = True
                 t0 = time.perf_counter()
                 it = state["iteration"]
                 nir, rgb = sampler.sample()
                 nir, rgb = nir.to(device), rgb.to(device)
-                lr = lr_at(it, config)
+                lr = lr_at(it, config, fraction)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.mse_loss(model(nir), rgb)
+                with torch.autocast(device.type, torch.bfloat16, enabled=config.amp == "bf16"):
+                    loss = F.mse_loss(model(nir).float(), rgb)
                 loss.backward()
                 optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(net)
                 loss_value = loss.item()
                 for prefix in ("train", "val"):
                     acc[f"{prefix}_sum"] += loss_value
@@ -778,21 +1035,20 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
                 bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
 
                 last = it == config.iters
-                if it % config.ckpt_every == 0 or last:
-                    mean = reduced_mean("train")
-                    if info.is_main:
-                        entry = {"kind": "train", "iteration": it, "time": elapsed()}
-                        log({**entry, "loss": mean, "lr": lr, "timestamp": time.time()})
-                if it % config.val_every == 0 or last:
-                    mean = reduced_mean("val")
-                    if info.is_main and val_data is not None:
-                        metrics = _validate(net, val_data, device)
-                        state["last_val"] = metrics
-                        entry = {"kind": "val", "iteration": it, "time": elapsed()}
-                        entry.update(train_loss=mean, lr=lr, timestamp=time.time())
-                        log({**entry, **metrics})
-                if it % config.ckpt_every == 0 or last:
-                    write_checkpoint()
+                end_of_iteration(
+                    it, lr, it % config.ckpt_every == 0 or last, it % config.val_every == 0 or last
+                )
+            if stop_reason == "time_budget":
+                it = state["iteration"]
+                if steps:  # finish what the regular intervals did not cover at this iteration
+                    ckpt_missing, val_missing = it % config.ckpt_every, it % config.val_every
+                    end_of_iteration(it, lr, ckpt_missing != 0, val_missing != 0)
+                    if val_missing and not ckpt_missing:
+                        write_checkpoint()  # it holds the final validation too
+                if info.is_main:
+                    entry = {"kind": "stop", "reason": "time_budget", "iteration": it}
+                    log({**entry, "iters": config.iters, "time": elapsed(),
+                         "timestamp": time.time()})
     except KeyboardInterrupt:
         if stopped:
             raise
@@ -810,15 +1066,23 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
         bar.close()
 
     if info.is_main:
-        _atomic_save_weights(net, config.model, weights_path)
+        if state["best"] is not None:
+            _atomic_copy(best_path, weights_path)
+        else:
+            _atomic_save_weights(judged, config.model, weights_path)
     if info.enabled:
         dist.barrier()
+    selected = state["best"]
     return {
         "iterations": state["iteration"],
         "iterations_this_run": steps,
+        "stopped": stop_reason,
         "wall_time": elapsed() if steps else elapsed_before,
         "seconds_per_iteration": step_time / steps if steps else None,
-        "val": state["last_val"] if info.is_main else None,
+        "val": (state["last_val"] if selected is None else selected["val"])
+        if info.is_main
+        else None,
+        "selected_iteration": None if selected is None else selected["iteration"],
         "world_size": info.world_size,
         "checkpoint": str(ckpt_path),
         "weights": str(weights_path),

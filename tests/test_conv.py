@@ -309,3 +309,194 @@ def test_edge_index_sorted_by_target_equals_plain_tensor():
     assert torch.allclose(out, conv(x, plain), atol=1e-6)
     shuffled = plain[:, torch.randperm(plain.size(1))]  # sorted inside the layer instead
     assert torch.allclose(conv(x, shuffled), out, atol=1e-6)
+
+
+# --- Conditioning on edge features (edge_dim), the low-memory NNConv ----------------------
+
+
+def _with_edge_dim(conv: LightweightECC, **kwargs) -> LightweightECC:
+    """A layer with the same weights as :obj:`conv`, conditioned on ``edge_attr``."""
+    out = LightweightECC(
+        conv.in_channels,
+        conv.out_channels,
+        rank=conv.rank,
+        delta=conv.delta,
+        circulant_stride=conv.circulant_stride,
+        hidden_channels=conv.hidden_channels,
+        edge_dim=conv.lin0_weight.size(1),
+        **kwargs,
+    )
+    out.load_state_dict(conv.state_dict())
+    return out.to(conv.lin0_weight.dtype)
+
+
+def _plain_edge_conditioned(conv, x, edge_index, edge_attr, attention=True):
+    """The edge-conditioned formula with explicit per-edge weight matrices, dense rolls."""
+    W0, b0 = conv.lin0_weight.detach().numpy(), conv.lin0_bias.detach().numpy()
+    Wl, bl = conv.omega_weight.detach().numpy(), conv.omega_bias.detach().numpy()
+    r = conv.rank
+
+    def rows(z, W, B, width):  # (E, r, width): row t, column b*s+c reads z rolled by b*s
+        s = W.shape[2]
+        out = np.empty((z.shape[0], r, width))
+        for f in range(width):
+            b, c = divmod(f, s)
+            out[:, :, f] = np.roll(z, b * s, axis=1) @ W[:, :, c]
+        return out + B
+
+    src, dst = edge_index
+    pre = edge_attr @ W0.T + b0
+    z = np.maximum(pre, 0.2 * pre)
+    psi = rows(z, conv.psi_weight.detach().numpy(), conv.psi_bias.detach().numpy(), x.shape[1])
+    phi = rows(
+        z, conv.phi_weight.detach().numpy(), conv.phi_bias.detach().numpy(), conv.out_channels
+    )
+    omega = z @ Wl.T + bl
+    gamma = np.exp(-(edge_attr**2).sum(1) / conv.delta) if attention else np.ones(len(src))
+    out = np.zeros((x.shape[0], conv.out_channels))
+    count = np.zeros(x.shape[0])
+    for e in range(len(src)):
+        weight = sum(omega[e, t] * np.outer(phi[e, t], psi[e, t]) for t in range(r))
+        out[dst[e]] += gamma[e] * weight @ x[src[e]]
+        count[dst[e]] += 1
+    return out / np.maximum(count, 1)[:, None]
+
+
+@pytest.mark.parametrize("graph", ["random_degrees", "bipartite"])
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_edge_attr_of_differences_equals_default_mode(implementation, graph):
+    torch.manual_seed(2)
+    conv = _randomise(LightweightECC(12, 6, rank=3, circulant_stride=(4, 3), hidden_channels=8))
+    conv = conv.double()
+    if graph == "bipartite":
+        x = (torch.randn(30, 12, dtype=torch.float64), torch.randn(11, 12, dtype=torch.float64))
+        edge_index = _random_graph(30, 11, 90)
+    else:
+        x = torch.randn(40, 12, dtype=torch.float64)
+        edge_index = _random_graph(40, 30, 150)
+    x_src, x_dst = x if isinstance(x, tuple) else (x, x)
+    edge_attr = x_src[edge_index[0]] - x_dst[edge_index[1]]
+    expected = conv(x, edge_index)  # the fused default path
+    conv_attr = _with_edge_dim(conv, implementation=implementation)
+    assert conv_attr.lin0_weight.shape == (8, 12)
+    assert torch.allclose(conv_attr(x, edge_index, edge_attr), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_edge_attr_equals_plain_formula(implementation, attention):
+    torch.manual_seed(3)
+    conv = LightweightECC(
+        6, 9, rank=2, circulant_stride=(3, 3), hidden_channels=5, edge_dim=4,
+        attention=attention, implementation=implementation,
+    )  # fmt: skip
+    conv = _randomise(conv).double()
+    x = torch.randn(15, 6, dtype=torch.float64)
+    edge_index = _random_graph(15, 12, 50)
+    edge_attr = torch.randn(50, 4, dtype=torch.float64)
+    expected = _plain_edge_conditioned(
+        conv, x.numpy(), edge_index.numpy(), edge_attr.numpy(), attention
+    )
+    expected = torch.from_numpy(expected) + conv.bias.detach()
+    out = conv(x, edge_index, edge_attr)
+    assert torch.allclose(out[:12], expected[:12], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_attention_off_without_edge_dim(implementation):
+    # gamma = 1 on the label x_j - x_i: the same as edge_attr = x_j - x_i, attention off.
+    torch.manual_seed(4)
+    conv = LightweightECC(6, 4, rank=2, attention=False, implementation=implementation)
+    conv = _randomise(conv).double()
+    x = torch.randn(10, 6, dtype=torch.float64)
+    edge_index = _random_graph(10, 10, 30)
+    edge_attr = x[edge_index[0]] - x[edge_index[1]]
+    expected = _plain_edge_conditioned(
+        conv, x.numpy(), edge_index.numpy(), edge_attr.numpy(), False
+    )
+    expected = torch.from_numpy(expected) + conv.bias.detach()
+    assert torch.allclose(conv(x, edge_index), expected, rtol=1e-10, atol=1e-12)
+    with_attention = LightweightECC(6, 4, rank=2, implementation=implementation).double()
+    with_attention.load_state_dict(conv.state_dict())
+    assert not torch.allclose(with_attention(x, edge_index), expected)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_edge_attr_edge_order_and_sparse_adjacency(implementation):
+    from torch_geometric.utils import coalesce, to_torch_coo_tensor, to_torch_csr_tensor
+
+    torch.manual_seed(5)
+    conv = _randomise(LightweightECC(8, 5, rank=3, edge_dim=3, implementation=implementation))
+    x = torch.randn(9, 8)
+    edge_index = coalesce(_random_graph(9, 9, 30), num_nodes=9)  # no duplicates
+    edge_attr = torch.randn(edge_index.size(1), 3)
+    out = assert_module(
+        conv, x, edge_index, edge_attr=edge_attr, expected_size=(9, 5), test_sparse_layouts=[],
+        atol=1e-6,
+    )  # fmt: skip
+    # A sparse adjacency (targets as rows) carries the edge features as its values.
+    adj_coo = to_torch_coo_tensor(edge_index, edge_attr, size=(9, 9)).transpose(0, 1).coalesce()
+    adj_csr = to_torch_csr_tensor(edge_index.flip(0), edge_attr, size=(9, 9))
+    for adj in (adj_coo, adj_csr):
+        assert torch.allclose(conv(x, adj), out, atol=1e-6)
+    # 1-D edge features for edge_dim=1.
+    conv1 = _randomise(LightweightECC(8, 5, rank=3, edge_dim=1, implementation=implementation))
+    assert torch.allclose(
+        conv1(x, edge_index, edge_attr[:, 0]), conv1(x, edge_index, edge_attr[:, :1])
+    )
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_edge_attr_gradcheck(implementation):
+    torch.manual_seed(6)
+    conv = LightweightECC(
+        4, 3, rank=2, circulant_stride=(2, 3), edge_dim=2, implementation=implementation
+    )
+    conv = _randomise(conv).double()
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    edge_attr = torch.randn(14, 2, dtype=torch.float64, requires_grad=True)
+    edge_index = _random_graph(6, 6, 14)
+    assert torch.autograd.gradcheck(lambda a, b: conv(a, edge_index, b), (x, edge_attr))
+    names = [n for n, _ in conv.named_parameters()]
+
+    def as_function_of_params(*ps):
+        params = dict(zip(names, ps, strict=True))
+        return torch.func.functional_call(
+            conv, params, (x.detach(), edge_index, edge_attr.detach())
+        )
+
+    assert torch.autograd.gradcheck(as_function_of_params, tuple(conv.parameters()))
+
+
+def test_edge_attr_torch_compile_no_graph_breaks():
+    torch.manual_seed(7)
+    conv = _randomise(LightweightECC(8, 6, rank=3, circulant_stride=(4, 3), edge_dim=5))
+    x, edge_index = torch.randn(20, 8), _random_graph(20, 20, 60)
+    edge_attr = torch.randn(60, 5)
+    explanation = torch._dynamo.explain(conv)(x, edge_index, edge_attr)
+    assert explanation.graph_break_count == 0
+    torch._dynamo.reset()
+    compiled = torch.compile(conv, backend="aot_eager", fullgraph=True)
+    a1, a2 = edge_attr.clone().requires_grad_(), edge_attr.clone().requires_grad_()
+    out_eager, out_compiled = conv(x, edge_index, a1), compiled(x, edge_index, a2)
+    assert torch.allclose(out_eager, out_compiled, atol=1e-6)
+    out_eager.sum().backward()
+    out_compiled.sum().backward()
+    assert torch.allclose(a1.grad, a2.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_edge_attr_errors(implementation):
+    x, edge_index = torch.randn(5, 4), torch.tensor([[0, 1, 3], [1, 2, 2]])
+    conv = LightweightECC(4, 3, rank=2, edge_dim=2, implementation=implementation)
+    with pytest.raises(ValueError, match=r"edge_dim=2 and needs 'edge_attr'"):
+        conv(x, edge_index)
+    with pytest.raises(ValueError, match=r"'edge_attr' of shape \(3, 2\).*got \(3, 5\)"):
+        conv(x, edge_index, torch.randn(3, 5))
+    with pytest.raises(ValueError, match=r"'edge_attr' of shape \(3, 2\).*got \(4, 2\)"):
+        conv(x, edge_index, torch.randn(4, 2))
+    plain = LightweightECC(4, 3, rank=2, implementation=implementation)
+    with pytest.raises(ValueError, match="without 'edge_dim'"):
+        plain(x, edge_index, torch.randn(3, 2))
+    with pytest.raises(ValueError, match="edge_dim"):
+        LightweightECC(4, 3, edge_dim=0)

@@ -11,9 +11,10 @@ from torch.nn import Parameter
 from torch_geometric import EdgeIndex, is_debug_enabled
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.inits import zeros
-from torch_geometric.typing import Adj, PairTensor, Size
+from torch_geometric.typing import Adj, OptTensor, PairTensor, Size
 from torch_geometric.utils import is_sparse, to_edge_index
 
+from pyg_lecc.functional import gather_contract, scatter_outer
 from pyg_lecc.ops import edge_aggregate
 
 _IMPLEMENTATIONS = ("node", "edge")
@@ -97,12 +98,32 @@ class LightweightECC(MessagePassing):
     The per-edge weight matrix :math:`\sum_t \omega_t \boldsymbol{\phi}_t
     \boldsymbol{\psi}_t^{\top}` thus has rank at most :math:`r`.
 
+    With :obj:`edge_dim` set, the layer is conditioned on edge features
+    :math:`\mathbf{e}_{j,i} \in \mathbb{R}^{D}` instead, like PyG's
+    :class:`~torch_geometric.nn.conv.NNConv` but without its dense per-edge matrix:
+    :math:`\mathbf{e}_{j,i}` replaces :math:`\mathbf{x}_j - \mathbf{x}_i` both as the label of
+    the filter network and in the attention,
+
+    .. math::
+        \mathbf{z}^{j,i} = \mathrm{LeakyReLU}(\mathbf{W}_0 \mathbf{e}_{j,i} + \mathbf{b}_0),
+        \qquad
+        \gamma_{j,i} = \exp\!\big(-\|\mathbf{e}_{j,i}\|_2^2 / \delta\big),
+
+    with :math:`\mathbf{W}_0 \in \mathbb{R}^{F_h \times D}`. :obj:`attention=False` sets
+    :math:`\gamma_{j,i} = 1` (with or without :obj:`edge_dim`), for edge features that are
+    not distances.
+
     By default (:obj:`implementation="node"`) the operator is computed with an exact
     rewrite that moves the two large contractions of the filter network from edges to nodes
     and keeps no :math:`E \times r \times F` tensor for backward; :obj:`implementation="edge"`
     builds :math:`\boldsymbol{\Psi}` and :math:`\boldsymbol{\Phi}` for every edge, as written
     above, through :meth:`message` (the reference implementation, also used for
     non-linear aggregations and whenever PyG's explain machinery needs per-edge messages).
+    With :obj:`edge_dim` (or :obj:`attention=False`) the node-level rewrite computes the
+    hidden vector :math:`\mathbf{z}` per edge (:math:`E \times F_h`) and runs the two
+    contractions with the chunked custom operators
+    :func:`~pyg_lecc.functional.gather_contract` and
+    :func:`~pyg_lecc.functional.scatter_outer`.
 
     Args:
         in_channels (int): Size of each input sample :math:`F_{in}` (source and target
@@ -127,6 +148,12 @@ class LightweightECC(MessagePassing):
         implementation (str, optional): :obj:`"node"` (exact node-level rewrite, fast and
             memory-bounded) or :obj:`"edge"` (direct per-edge reference).
             (default: :obj:`"node"`)
+        edge_dim (int, optional): Size :math:`D` of the edge features. If set,
+            :meth:`forward` needs :obj:`edge_attr` (or a sparse adjacency whose values hold
+            it) and conditions the filter network and the attention on it instead of
+            :math:`\mathbf{x}_j - \mathbf{x}_i`. (default: :obj:`None`)
+        attention (bool, optional): If set to :obj:`False`, the edge attention
+            :math:`\gamma_{j,i}` is fixed to :math:`1`. (default: :obj:`True`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
@@ -134,7 +161,8 @@ class LightweightECC(MessagePassing):
         - **input:**
           node features :math:`(|\mathcal{V}|, F_{in})` or
           :math:`((|\mathcal{V_s}|, F_{in}), (|\mathcal{V_t}|, F_{in}))` if bipartite,
-          edge indices :math:`(2, |\mathcal{E}|)` or a sparse adjacency matrix
+          edge indices :math:`(2, |\mathcal{E}|)` or a sparse adjacency matrix,
+          edge features :math:`(|\mathcal{E}|, D)` *(only with* :obj:`edge_dim` *)*
         - **output:** node features :math:`(|\mathcal{V}|, F_{out})` or
           :math:`(|\mathcal{V}_t|, F_{out})` if bipartite
 
@@ -145,6 +173,10 @@ class LightweightECC(MessagePassing):
         >>> x = torch.randn(10, 16)
         >>> edge_index = torch.tensor([[1, 2, 3, 0], [0, 0, 1, 2]])
         >>> conv(x, edge_index).shape
+        torch.Size([10, 32])
+        >>> conv = LightweightECC(16, 32, rank=4, edge_dim=3)
+        >>> edge_attr = torch.randn(4, 3)
+        >>> conv(x, edge_index, edge_attr).shape
         torch.Size([10, 32])
     """
 
@@ -159,6 +191,8 @@ class LightweightECC(MessagePassing):
         aggr: str = "mean",
         bias: bool = True,
         implementation: str = "node",
+        edge_dim: int | None = None,
+        attention: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(aggr=aggr, **kwargs)
@@ -179,6 +213,10 @@ class LightweightECC(MessagePassing):
             raise ValueError(
                 f"'implementation' must be one of {_IMPLEMENTATIONS}, got {implementation!r}"
             )
+        if edge_dim is not None and (
+            isinstance(edge_dim, bool) or not isinstance(edge_dim, int) or edge_dim < 1
+        ):
+            raise ValueError(f"'edge_dim' must be a positive integer or None, got {edge_dim!r}")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -187,11 +225,13 @@ class LightweightECC(MessagePassing):
         self.circulant_stride = circulant_stride
         self.hidden_channels = hidden_channels
         self.implementation = implementation
+        self.edge_dim = edge_dim
+        self.attention = bool(attention)
         self._strides = _circulant_strides(circulant_stride, in_channels, out_channels)
 
         Fh = hidden_channels or in_channels
         s_in, s_out = self._strides
-        self.lin0_weight = Parameter(torch.empty(Fh, in_channels))
+        self.lin0_weight = Parameter(torch.empty(Fh, edge_dim or in_channels))
         self.lin0_bias = Parameter(torch.empty(Fh))
         # Second layer of the filter network: one dense block per output, replicated by rolls.
         self.psi_weight = Parameter(torch.empty(Fh, rank, s_in))
@@ -220,7 +260,13 @@ class LightweightECC(MessagePassing):
         for b in (self.lin0_bias, self.psi_bias, self.phi_bias, self.omega_bias, self.bias):
             zeros(b)
 
-    def forward(self, x: Tensor | PairTensor, edge_index: Adj, size: Size = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor | PairTensor,
+        edge_index: Adj,
+        edge_attr: OptTensor = None,
+        size: Size = None,
+    ) -> Tensor:
         if isinstance(x, Tensor):
             x = (x, x)
         self._check_features(x)
@@ -229,30 +275,52 @@ class LightweightECC(MessagePassing):
         if self.explain or self.aggr not in _LINEAR_AGGRS:
             implementation = "edge"
 
+        if self.edge_dim is None:
+            if edge_attr is not None:
+                raise ValueError(
+                    f"{self.__class__.__name__} got 'edge_attr' but was built without "
+                    f"'edge_dim': pass edge_dim=edge_attr.size(-1) to the constructor to "
+                    f"condition on edge features"
+                )
+        elif is_sparse(edge_index):
+            # A sparse adjacency is transposed (targets are rows, sources columns); its
+            # values are the edge features, as in PyG's NNConv and GINEConv.
+            (dst_src, value) = to_edge_index(edge_index)
+            edge_index = dst_src.flip(0)
+            if edge_attr is None and value.dim() > 1:
+                edge_attr = value
+
+        if self.edge_dim is not None:
+            edge_attr = self._check_edge_attr(edge_attr, edge_index)
+
         if implementation == "edge":
             if not is_sparse(edge_index):
                 self._check_edge_index(edge_index, x, size)
-            # propagate_type: (x: PairTensor)
-            out = self.propagate(edge_index, x=x, size=size)
+            # propagate_type: (x: PairTensor, edge_attr: OptTensor)
+            out = self.propagate(edge_index, x=x, edge_attr=edge_attr, size=size)
         else:
             if is_sparse(edge_index):
-                # A sparse adjacency is transposed (targets are rows, sources columns).
                 (dst_src, _) = to_edge_index(edge_index)
                 edge_index = dst_src.flip(0)
             self._check_edge_index(edge_index, x, size)
-            out = self._node_level(x, edge_index, size)
+            if edge_attr is None and self.attention:
+                out = self._node_level(x, edge_index, size)
+            else:
+                out = self._node_level_edge_label(x, edge_index, edge_attr, size)
 
         if self.bias is not None:
             out = out + self.bias
         return out
 
-    def message(self, x_i: Tensor, x_j: Tensor) -> Tensor:
-        z = self._hidden(x_j - x_i)
+    def message(self, x_i: Tensor, x_j: Tensor, edge_attr: OptTensor) -> Tensor:
+        label = x_j - x_i if self.edge_dim is None or edge_attr is None else edge_attr
+        z = self._hidden(label)
         psi = self._circulant_rows(z, self.psi_weight, self.in_channels) + self.psi_bias
         phi = self._circulant_rows(z, self.phi_weight, self.out_channels) + self.phi_bias
         omega = F.linear(z, self.omega_weight, self.omega_bias)  # (E, r)
-        gamma = self._attention(x_j - x_i)
-        coeff = gamma.unsqueeze(-1) * omega * torch.einsum("etf,ef->et", psi, x_j)
+        coeff = omega * torch.einsum("etf,ef->et", psi, x_j)
+        if self.attention:
+            coeff = self._attention(label).unsqueeze(-1) * coeff
         return torch.einsum("eto,et->eo", phi, coeff)
 
     def _hidden(self, label: Tensor) -> Tensor:
@@ -278,6 +346,21 @@ class LightweightECC(MessagePassing):
         blocks = [weight.roll(-b * s, dims=0).permute(2, 1, 0) for b in range(width // s)]
         return torch.cat(blocks, dim=0).reshape(width, r * Fh)
 
+    def _source_terms(self, x_src: Tensor) -> tuple[Tensor, Tensor]:
+        # Psi x_j = A1(z) x_j + B1 x_j: V_j = A1 x_j as (N_src, r, F_h) and c_j = B1 x_j.
+        r, Fh = self.rank, self.lin0_weight.size(0)
+        V = (x_src @ self._circulant_matrix(self.psi_weight, self.in_channels)).view(-1, r, Fh)
+        return V, F.linear(x_src, self.psi_bias)
+
+    def _target_output(self, Q: Tensor, P: Tensor, degree: Tensor) -> Tensor:
+        # Phi^T a = A2(sum a z^T) + B2^T sum a, on the target nodes.
+        A2 = self._circulant_matrix(self.phi_weight, self.out_channels)  # (F_out, r * F_h)
+        out = Q.reshape(Q.size(0), -1) @ A2.t() + P @ self.phi_bias
+        if self.aggr == "mean":
+            # Scaling the output rows is the same as scaling Q and P, on F_out numbers.
+            out = out / degree.clamp(min=1).unsqueeze(-1).to(out.dtype)
+        return out
+
     def _node_level(self, x: PairTensor, edge_index: Tensor, size: Size) -> Tensor:
         # Exact rewrite of `message` + linear aggregation (docs: "The node-level formulation"):
         #   Psi x_j = A1(z) x_j + B1 x_j with A1 linear in z, so the F_in contraction moves
@@ -286,11 +369,10 @@ class LightweightECC(MessagePassing):
         #   fused op (`pyg_lecc.ops.edge_aggregate`) over the edges grouped by target.
         x_src, x_dst = x
         num_dst = x_dst.size(0) if size is None or size[1] is None else size[1]
-        Fin, Fh, r = self.in_channels, self.lin0_weight.size(0), self.rank
         rowptr, col = _csr_by_target(edge_index, num_dst)
 
         # W0 (x_j - x_i) = W0 x_j - W0 x_i: one product per node instead of per edge.
-        V = (x_src @ self._circulant_matrix(self.psi_weight, Fin)).view(-1, r, Fh)
+        V, c = self._source_terms(x_src)
         y_src = F.linear(x_src, self.lin0_weight)
         y_dst = y_src if x_dst is x_src else F.linear(x_dst, self.lin0_weight)
         Q, P = edge_aggregate(
@@ -300,7 +382,7 @@ class LightweightECC(MessagePassing):
             y_dst,
             self.lin0_bias,
             V,
-            F.linear(x_src, self.psi_bias),
+            c,
             self.omega_weight,
             self.omega_bias,
             rowptr,
@@ -308,12 +390,58 @@ class LightweightECC(MessagePassing):
             self.delta,
             _LEAKY_SLOPE,
         )
-        A2 = self._circulant_matrix(self.phi_weight, self.out_channels)  # (F_out, r * F_h)
-        out = Q.view(num_dst, r * Fh) @ A2.t() + P @ self.phi_bias
-        if self.aggr == "mean":
-            # Scaling the output rows is the same as scaling Q and P, on F_out numbers.
-            out = out / rowptr.diff().clamp(min=1).unsqueeze(-1).to(out.dtype)
-        return out
+        return self._target_output(Q, P, rowptr.diff())
+
+    def _node_level_edge_label(
+        self, x: PairTensor, edge_index: Tensor, edge_attr: OptTensor, size: Size
+    ) -> Tensor:
+        # The same node-level rewrite with the hidden vector z computed per edge (from
+        # `edge_attr`, or from x_j - x_i without attention): only z, omega and the rank-r
+        # coefficients live on edges; the two chunked custom ops keep every E x r x F_h
+        # temporary bounded and save nothing larger than z for backward.
+        x_src, x_dst = x
+        num_dst = x_dst.size(0) if size is None or size[1] is None else size[1]
+        if isinstance(edge_index, EdgeIndex):
+            edge_index = edge_index.as_subclass(Tensor)
+        src, dst = edge_index[0], edge_index[1]
+        if edge_attr is None:
+            y_src = F.linear(x_src, self.lin0_weight)
+            y_dst = y_src if x_dst is x_src else F.linear(x_dst, self.lin0_weight)
+            pre = y_src.index_select(0, src) - y_dst.index_select(0, dst) + self.lin0_bias
+            z = F.leaky_relu(pre, _LEAKY_SLOPE)
+        else:
+            z = self._hidden(edge_attr)
+        V, c = self._source_terms(x_src)
+        u = gather_contract(z, V, src) + c.index_select(0, src)  # Psi x_j, (E, r)
+        a = F.linear(z, self.omega_weight, self.omega_bias) * u
+        if self.attention and edge_attr is not None:
+            a = self._attention(edge_attr).unsqueeze(-1) * a
+        Q = scatter_outer(a, z, dst, num_dst)
+        P = a.new_zeros(num_dst, self.rank).index_add_(0, dst, a)
+        degree = dst.new_zeros(num_dst).index_add_(0, dst, torch.ones_like(dst))
+        return self._target_output(Q, P, degree)
+
+    def _check_edge_attr(self, edge_attr: OptTensor, edge_index: Adj) -> Tensor:
+        name = self.__class__.__name__
+        if edge_attr is None:
+            raise ValueError(
+                f"{name} was built with edge_dim={self.edge_dim} and needs 'edge_attr' of "
+                f"shape (num_edges, {self.edge_dim}) (or a sparse adjacency whose values "
+                f"hold them), got none"
+            )
+        if edge_attr.dim() == 1 and self.edge_dim == 1:
+            edge_attr = edge_attr.unsqueeze(-1)
+        num_edges = edge_index.size(1) if isinstance(edge_index, Tensor) else None
+        if (
+            edge_attr.dim() != 2
+            or edge_attr.size(-1) != self.edge_dim
+            or (num_edges is not None and edge_attr.size(0) != num_edges)
+        ):
+            raise ValueError(
+                f"{name} expects 'edge_attr' of shape ({num_edges or 'num_edges'}, "
+                f"{self.edge_dim}) (edge_dim={self.edge_dim}), got {tuple(edge_attr.shape)}"
+            )
+        return edge_attr
 
     def _check_features(self, x: PairTensor) -> None:
         for role, feats in zip(("source", "target"), x, strict=True):

@@ -283,10 +283,8 @@ class LightweightECC(MessagePassing):
                     f"condition on edge features"
                 )
         elif is_sparse(edge_index):
-            # A sparse adjacency is transposed (targets are rows, sources columns); its
-            # values are the edge features, as in PyG's NNConv and GINEConv.
-            (dst_src, value) = to_edge_index(edge_index)
-            edge_index = dst_src.flip(0)
+            # Its values are the edge features, as in PyG's NNConv and GINEConv.
+            edge_index, value = self._edges_of_sparse(edge_index)
             if edge_attr is None and value.dim() > 1:
                 edge_attr = value
 
@@ -300,8 +298,7 @@ class LightweightECC(MessagePassing):
             out = self.propagate(edge_index, x=x, edge_attr=edge_attr, size=size)
         else:
             if is_sparse(edge_index):
-                (dst_src, _) = to_edge_index(edge_index)
-                edge_index = dst_src.flip(0)
+                edge_index, _ = self._edges_of_sparse(edge_index)
             self._check_edge_index(edge_index, x, size)
             if edge_attr is None and self.attention:
                 out = self._node_level(x, edge_index, size)
@@ -345,6 +342,12 @@ class LightweightECC(MessagePassing):
         Fh, r, s = weight.shape
         blocks = [weight.roll(-b * s, dims=0).permute(2, 1, 0) for b in range(width // s)]
         return torch.cat(blocks, dim=0).reshape(width, r * Fh)
+
+    @staticmethod
+    def _edges_of_sparse(adj: Adj) -> tuple[Tensor, Tensor]:
+        # A sparse adjacency is transposed (targets are rows, sources columns).
+        (dst_src, value) = to_edge_index(adj)
+        return dst_src.flip(0), value
 
     def _source_terms(self, x_src: Tensor) -> tuple[Tensor, Tensor]:
         # Psi x_j = A1(z) x_j + B1 x_j: V_j = A1 x_j as (N_src, r, F_h) and c_j = B1 x_j.

@@ -61,6 +61,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
@@ -494,44 +495,34 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``:
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a temporary file in the same folder, fsync, then ``os.replace``:
     readers (and a crash) see the old file or the complete new one, never a partial one."""
     tmp = _tmp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    _write_atomically(path, write)
 
 
 def _atomic_save_weights(model: NIRGNN, name: str, path: Path) -> None:
-    tmp = _tmp_path(path)
-    try:
-        save_weights(model, name, tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    _write_atomically(path, lambda tmp: save_weights(model, name, tmp))
 
 
 def _atomic_copy(source: Path, path: Path) -> None:
-    tmp = _tmp_path(path)
-    try:
-        shutil.copyfile(source, tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    _write_atomically(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def _truncate_log(path: Path, iteration: int) -> None:

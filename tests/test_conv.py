@@ -297,18 +297,129 @@ def test_forward_errors(implementation):
 
 
 def test_edge_index_sorted_by_target_equals_plain_tensor():
-    # What the graph builder hands over for the no-sort, no-sync path: an EdgeIndex sorted
-    # by target with its sparse size; its cached CSC pointers feed the fused op.
+    # A user's own EdgeIndex sorted by target, without cached pointers: the layer fills the
+    # cache on first use, for the next layer that receives the same graph.
     torch.manual_seed(0)
     conv = _randomise(LightweightECC(6, 4, rank=2, circulant_stride=(3, 2)))
     feats = torch.randn(2, 6, 7, 8)
-    x, plain = image_to_nodes(feats), image_knn_graph(feats, k=5)
+    x, plain = image_to_nodes(feats), image_knn_graph(feats, k=5).as_tensor()
     edge_index = EdgeIndex(plain, sparse_size=(x.size(0), x.size(0)), sort_order="col")
+    assert edge_index._indptr is None
     out = conv(x, edge_index)
     assert edge_index._indptr is not None  # the pointers are cached for the next layer
     assert torch.allclose(out, conv(x, plain), atol=1e-6)
     shuffled = plain[:, torch.randperm(plain.size(1))]  # sorted inside the layer instead
     assert torch.allclose(conv(x, shuffled), out, atol=1e-6)
+
+
+def _spy_on_edges(monkeypatch) -> list:
+    # Records the (rowptr, col) that the node-level path hands to the fused operator.
+    import pyg_lecc.conv as conv_module
+
+    seen, real = [], conv_module.edge_aggregate
+
+    def spy(*args):
+        seen.append((args[9], args[10]))
+        return real(*args)
+
+    monkeypatch.setattr(conv_module, "edge_aggregate", spy)
+    return seen
+
+
+def test_builder_graph_is_taken_without_reading_its_indices(monkeypatch):
+    # The builder's graph hands over its cached pointers and source row as they are (no
+    # grouping check, no sort, no pointer computation); the result and gradients are those
+    # of the same graph as a plain tensor.
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(6, 4, rank=2, circulant_stride=(3, 2)))
+    feats = torch.randn(2, 6, 7, 8)
+    edge_index = image_knn_graph(feats, k=5)
+    plain = edge_index.as_tensor().clone()
+    x1, x2 = (image_to_nodes(feats).requires_grad_() for _ in range(2))
+    seen = _spy_on_edges(monkeypatch)
+
+    expected = conv(x1, plain)
+    ((plain_ptr, plain_col),) = seen
+    assert plain_ptr is not edge_index._indptr  # control: a plain tensor is converted
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the builder's graph was sorted or converted")
+
+    monkeypatch.setattr(torch, "sort", fail)
+    monkeypatch.setattr(torch, "_convert_indices_from_coo_to_csr", fail)
+    for _ in range(2):  # a second layer on the same graph finds the same pointers
+        seen.clear()
+        out = conv(x2, edge_index)
+        ((rowptr, col),) = seen
+        assert rowptr is edge_index._indptr
+        assert col.data_ptr() == edge_index.as_tensor()[0].data_ptr()  # a view, no copy
+    monkeypatch.undo()
+
+    assert torch.equal(out, expected)
+    assert torch.equal(rowptr, plain_ptr) and torch.equal(col, plain_col)
+    expected.sum().backward()
+    out.sum().backward()
+    assert torch.equal(x1.grad, x2.grad)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(), dict(implementation="edge"), dict(edge_dim=3), dict(attention=False)]
+)
+def test_builder_graph_equals_plain_tensor(kwargs):
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(6, 4, rank=2, circulant_stride=(3, 2), **kwargs))
+    feats = torch.randn(2, 6, 7, 8)
+    x, edge_index = image_to_nodes(feats), image_knn_graph(feats, k=5)
+    args = (torch.randn(edge_index.size(1), 3),) if "edge_dim" in kwargs else ()
+    out = conv(x, edge_index, *args)
+    assert torch.allclose(out, conv(x, edge_index.as_tensor(), *args), atol=1e-6)
+
+
+def _graph_recorder() -> tuple[list, object]:
+    # A torch.compile backend that keeps the names of the ops Dynamo captured.
+    ops: list[str] = []
+
+    def backend(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    return ops, backend
+
+
+@pytest.mark.parametrize("graph", ["builder", "own_edge_index"])
+def test_torch_compile_takes_cached_pointers(graph):
+    # Compiled, the builder's graph adds no sort and no pointer computation to the captured
+    # graph (a plain tensor is always sorted under compile: the control); a user's EdgeIndex
+    # without cached pointers gets them computed (filling its cache cannot be traced) but
+    # not sorted.
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(6, 4, rank=2, circulant_stride=(3, 2)))
+    feats = torch.randn(2, 6, 7, 8)
+    x, edge_index = image_to_nodes(feats), image_knn_graph(feats, k=5)
+    plain = edge_index.as_tensor()
+    if graph == "own_edge_index":
+        edge_index = EdgeIndex(plain, sparse_size=edge_index.sparse_size(), sort_order="col")
+
+    def captured(ei):
+        torch._dynamo.reset()
+        ops, backend = _graph_recorder()
+        out = torch.compile(conv, backend=backend, fullgraph=True)(x, ei)
+        assert torch.allclose(out, conv(x, plain), atol=1e-6)
+        return " ".join(ops)
+
+    assert "sort" in captured(plain)
+    ops = captured(edge_index)
+    assert "sort" not in ops
+    assert ("coo_to_csr" in ops) == (graph == "own_edge_index")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(conv, backend="aot_eager", fullgraph=True)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_eager, out_compiled = conv(x1, plain), compiled(x2, edge_index)
+    assert torch.allclose(out_eager, out_compiled, atol=1e-6)
+    out_eager.sum().backward()
+    out_compiled.sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
 
 
 # --- Conditioning on edge features (edge_dim), the low-memory NNConv ----------------------

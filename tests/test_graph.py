@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch_geometric import EdgeIndex
 
 import pyg_lecc.graph as graph_module
 from pyg_lecc import ImageKNNGraph, image_knn_graph, image_to_nodes, nodes_to_image
@@ -175,8 +176,32 @@ def test_builder_object():
     assert torch.equal(builder(feats), image_knn_graph(feats, 4, 1, 9))
 
 
-def test_graph_building_inside_compiled_model():
-    # The builder is excluded from compilation; the model around it still compiles.
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_graph_carries_its_grouping(backend):
+    # "Grouped by target, k each" travels with the graph: an EdgeIndex sorted by column with
+    # its CSC pointers already cached, so that no layer reads the indices to find it out.
+    torch.manual_seed(0)
+    B, H, W, k = 2, 7, 6, 4
+    feats = torch.randn(B, 5, H, W)
+    edge_index = image_knn_graph(feats, k=k, backend=backend)
+    num_nodes = B * H * W
+    assert isinstance(edge_index, EdgeIndex)
+    assert edge_index.sort_order == "col"
+    assert edge_index.sparse_size() == (num_nodes, num_nodes)
+    assert edge_index._indptr is not None  # filled by the builder, not by the first layer
+    (colptr, row), perm = edge_index.get_csc()
+    assert perm is None
+    assert torch.equal(colptr, torch.arange(0, num_nodes * k + 1, k))
+    assert torch.equal(row, edge_index[0])
+    edge_index.validate()  # the metadata is true of the indices
+    assert torch.equal(edge_index[1], torch.arange(num_nodes).repeat_interleave(k))
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_graph_building_inside_compiled_model(backend):
+    # The builder is excluded from compilation; the model around it still compiles, with
+    # the builder's EdgeIndex entering the compiled code after the break. Its pointer cache
+    # is filled before that: filling it inside would make Dynamo fail (KeyError: '_indptr').
     from pyg_lecc import LightweightECC
 
     conv = LightweightECC(4, 4, rank=2)
@@ -184,9 +209,10 @@ def test_graph_building_inside_compiled_model():
     def model(img):
         return conv(image_to_nodes(img), image_knn_graph(img, k=3))
 
-    img = torch.randn(1, 4, 6, 6)
-    compiled = torch.compile(model, backend="eager")
-    assert torch.allclose(compiled(img), model(img), atol=1e-6)
+    compiled = torch.compile(model, backend=backend)
+    for size in (6, 7):  # a second image size recompiles with the new sparse size
+        img = torch.randn(1, 4, size, size)
+        assert torch.allclose(compiled(img), model(img), atol=1e-6)
 
 
 @pytest.mark.skipif(not WITH_TORCH_CLUSTER, reason="needs the [cluster] extra")

@@ -49,17 +49,27 @@ def _circulant_strides(
 
 def _csr_by_target(edge_index: Tensor, num_dst: int) -> tuple[Tensor, Tensor]:
     """``(rowptr, col)``: the edges grouped by target (CSR), sources in ``col``, without
-    host synchronisation: an :class:`~torch_geometric.EdgeIndex` sorted by target (with
-    ``sparse_size(1) == num_dst``) gives its cached pointers; a plain tensor is sorted
-    (stable, so edges keep their order)."""
-    if isinstance(edge_index, EdgeIndex) and edge_index.is_sorted_by_col:
-        if edge_index.sparse_size(1) == num_dst:
+    host synchronisation.
+
+    An :class:`~torch_geometric.EdgeIndex` sorted by target (with
+    ``num_cols == num_dst``), such as :func:`~pyg_lecc.image_knn_graph` returns,
+    gives its CSC pointers and source row as they are: its indices are not read (the
+    builder fills the pointer cache). A plain tensor is checked for grouping on eager CPU
+    (one pass) and otherwise sorted (stable, so edges keep their order).
+    """
+    if isinstance(edge_index, EdgeIndex):
+        if edge_index.is_sorted_by_col and edge_index.num_cols == num_dst:
+            if torch.compiler.is_compiling() and edge_index._indptr is None:
+                # Filling the cache of a subclass input cannot be traced: compute the
+                # pointers without storing them (the edges are grouped, so no sort).
+                row, col = edge_index.as_tensor()
+                return torch._convert_indices_from_coo_to_csr(col, num_dst), row
             (colptr, row), _ = edge_index.get_csc()
-            return colptr.as_subclass(Tensor), row.as_subclass(Tensor)
-        edge_index = edge_index.as_subclass(Tensor)
+            return colptr, row
+        edge_index = edge_index.as_tensor()
     src, dst = edge_index[0], edge_index[1]
     # On CPU in eager mode, reading a flag costs no synchronisation and skips a slow sort
-    # for graphs that come grouped by target (image kNN graphs as plain tensors).
+    # for graphs that come grouped by target as plain tensors.
     grouped = (
         dst.device.type == "cpu"
         and not torch.compiler.is_compiling()
@@ -405,7 +415,7 @@ class LightweightECC(MessagePassing):
         x_src, x_dst = x
         num_dst = x_dst.size(0) if size is None or size[1] is None else size[1]
         if isinstance(edge_index, EdgeIndex):
-            edge_index = edge_index.as_subclass(Tensor)
+            edge_index = edge_index.as_tensor()  # traceable, unlike as_subclass
         src, dst = edge_index[0], edge_index[1]
         if edge_attr is None:
             y_src = F.linear(x_src, self.lin0_weight)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch_geometric import EdgeIndex
 
 from pyg_lecc._optional import WITH_NUMBA, WITH_TORCH_CLUSTER, require
 
@@ -277,7 +278,7 @@ def image_knn_graph(
     exclude_radius: int = 1,
     search_window: int | None = None,
     backend: str = "auto",
-) -> Tensor:
+) -> EdgeIndex:
     r"""Builds the non-local k-nearest-neighbour graph of a batch of feature maps.
 
     Pixel :math:`i` of image :math:`b` gets the :math:`k` pixels :math:`j` of the same image
@@ -309,8 +310,15 @@ def image_knn_graph(
             the same graph. (default: :obj:`"auto"`)
 
     Returns:
-        torch.Tensor: :obj:`edge_index` of shape :math:`(2, B H W k)`, int64, rows
-        ``[neighbour, centre]``, sorted by centre, each centre's neighbours by distance.
+        torch_geometric.EdgeIndex: :obj:`edge_index` of shape :math:`(2, B H W k)`, int64,
+        rows ``[neighbour, centre]``, sorted by centre, each centre's neighbours by
+        distance. It is an :class:`~torch_geometric.EdgeIndex` (a :class:`torch.Tensor`
+        everywhere a plain :obj:`edge_index` is expected) that carries this layout:
+        :obj:`sort_order="col"`, :obj:`sparse_size=(B H W, B H W)` and its CSC pointers
+        (:math:`k` edges per centre) already cached, so that layers such as
+        :class:`~pyg_lecc.LightweightECC` group the edges by target without reading the
+        indices, also under :func:`torch.compile`. :meth:`~torch_geometric.EdgeIndex.as_tensor`
+        gives the plain tensor.
 
     Example:
         >>> feats = torch.randn(2, 16, 12, 12)
@@ -360,8 +368,17 @@ def image_knn_graph(
         neighbours = knn_in_windows(features, k, exclude_radius, (Sh, Sw))
     else:
         neighbours = _knn_torch(features, k, exclude_radius, (Sh, Sw))
-    centres = torch.arange(B * H * W, device=features.device).repeat_interleave(k)
-    return torch.stack([neighbours.reshape(-1), centres])
+    num_nodes = B * H * W
+    centres = torch.arange(num_nodes, device=features.device).repeat_interleave(k)
+    edge_index = EdgeIndex(
+        torch.stack([neighbours.reshape(-1), centres]),
+        sparse_size=(num_nodes, num_nodes),
+        sort_order="col",
+    )
+    # The CSC pointers (k per target), computed here once, outside any compiled region:
+    # every layer that shares the graph reads them as they are, and a compiled layer has
+    # no cache to fill (Dynamo cannot trace a cache fill on a tensor subclass input).
+    return edge_index.fill_cache_(no_transpose=True)
 
 
 class ImageKNNGraph:
@@ -396,7 +413,7 @@ class ImageKNNGraph:
         self.search_window = search_window
         self.backend = backend
 
-    def __call__(self, features: Tensor) -> Tensor:
+    def __call__(self, features: Tensor) -> EdgeIndex:
         return image_knn_graph(
             features, self.k, self.exclude_radius, self.search_window, self.backend
         )

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.run [--quick] [--only operators,graph,full_image,task]
+    python -m benchmarks.run [--quick] [--only operators,graph,iteration,full_image,task]
                              [--out benchmarks/results] [--max-gb 8] [--threads N]
                              [--device auto|cpu|cuda] [--seed 0] [--data-root ../shared/data]
 
@@ -27,11 +27,12 @@ from typing import Any
 
 import torch
 
-from benchmarks import common, full_image, graph_builders, operators, task
+from benchmarks import common, full_image, graph_builders, iteration, operators, task
 
 MODULES: dict[str, Any] = {
     "operators": operators,
     "graph": graph_builders,
+    "iteration": iteration,
     "full_image": full_image,
     "task": task,
 }

@@ -143,8 +143,8 @@ def _probe(args: argparse.Namespace) -> None:
     import statistics
 
     import torch
-    import torch.nn.functional as F
 
+    from benchmarks.iteration import time_training_iterations
     from pyg_lecc.models import nir_gnn
 
     setting = json.loads(args.setting)
@@ -152,24 +152,15 @@ def _probe(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     torch.manual_seed(0)
-    net = nir_gnn(**setting["model"]).to(device).train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    B, P = setting["train"]["batch_size"], setting["train"]["patch"]
-    times = []
-    for i in range(3 + setting["probe_iters"]):
-        nir = torch.rand(B, 1, P, P, device=device)
-        rgb = torch.rand(B, 3, P, P, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, torch.bfloat16, enabled=args.amp == "bf16"):
-            loss = F.mse_loss(net(nir).float(), rgb)
-        loss.backward()
-        opt.step()
-        loss.item()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
+    times = time_training_iterations(
+        nir_gnn(**setting["model"]),
+        batch_size=setting["train"]["batch_size"],
+        patch_size=setting["train"]["patch"],
+        iterations=setting["probe_iters"],
+        warmup=3,
+        device=device,
+        amp=torch.bfloat16 if args.amp == "bf16" else None,
+    )
     peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
     print(json.dumps({"s_per_iter": statistics.median(times), "peak_gb": peak}))
 
@@ -223,7 +214,11 @@ class Runbook:
         start = time.monotonic()
         try:
             proc = subprocess.run(
-                cmd, cwd=REPO, env=self.env(**env), capture_output=True, text=True,
+                cmd,
+                cwd=REPO,
+                env=self.env(**env),
+                capture_output=True,
+                text=True,
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as err:
@@ -274,8 +269,10 @@ class Runbook:
         passed = not tests  # the kernel check below decides alone when the tests are skipped
         if tests:
             proc = self.call(
-                "cuda_tests", [sys.executable, "-m", "pytest", "-q", "-x", *tests],
-                timeouts["tests"], **{KERNEL_ENV: "1"},
+                "cuda_tests",
+                [sys.executable, "-m", "pytest", "-q", "-x", *tests],
+                timeouts["tests"],
+                **{KERNEL_ENV: "1"},
             )
             passed = proc is not None and proc.returncode == 0
         check = REPO / "scripts" / "check_cuda_kernels.py"
@@ -292,16 +289,25 @@ class Runbook:
 
     def bench(self, kernels: bool) -> None:
         target = self.work / "bench_operators.json"
-        base = [sys.executable, str(Path(__file__).resolve()), "bench",
-                "--device", self.setting["device"], "--setting", json.dumps(self.setting["bench"])]
+        base = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "bench",
+            "--device",
+            self.setting["device"],
+            "--setting",
+            json.dumps(self.setting["bench"]),
+        ]
         results: dict[str, Any] = {}
         variants = [("reference", self.setting["bench_operators"], "0")]
         if kernels:
             variants.append(("cuda_kernels", "lecc_node", "1"))
         for label, names, flag in variants:
             proc = self.call(
-                f"bench_{label}", [*base, "--operators", names, "--json", str(target)],
-                self.setting["timeouts"]["bench"], **{KERNEL_ENV: flag},
+                f"bench_{label}",
+                [*base, "--operators", names, "--json", str(target)],
+                self.setting["timeouts"]["bench"],
+                **{KERNEL_ENV: flag},
             )
             if proc is not None and proc.returncode == 0 and target.is_file():
                 results[label] = json.loads(target.read_text())
@@ -318,9 +324,19 @@ class Runbook:
         for impl, amp, flag in candidates:
             proc = self.call(
                 f"probe_{impl}_{amp}",
-                [sys.executable, str(Path(__file__).resolve()), "probe", "--device",
-                 self.setting["device"], "--amp", amp, "--setting", json.dumps(self.setting)],
-                self.setting["timeouts"]["probe"], **{KERNEL_ENV: flag},
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "probe",
+                    "--device",
+                    self.setting["device"],
+                    "--amp",
+                    amp,
+                    "--setting",
+                    json.dumps(self.setting),
+                ],
+                self.setting["timeouts"]["probe"],
+                **{KERNEL_ENV: flag},
             )
             result = _last_json(proc)
             if result and proc is not None and proc.returncode == 0:
@@ -376,12 +392,29 @@ class Runbook:
         for name in ("nir-gnn", "cnn"):
             run_dir = self.work / f"run-{name}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            cmd = [sys.executable, "-m", "pyg_lecc.cli", "train", "--data", self.args.pack,
-                   "--out", str(run_dir), "--model", name, "--device", self.setting["device"],
-                   "--time-budget", f"{budget:.0f}", "--no-progress",
-                   "--amp", choice["amp"] if name == "nir-gnn" else "none",
-                   "--val-every", str(val_every if name == "nir-gnn" else 4 * val_every),
-                   "--threads", "2" if self.args.rehearsal else "6"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pyg_lecc.cli",
+                "train",
+                "--data",
+                self.args.pack,
+                "--out",
+                str(run_dir),
+                "--model",
+                name,
+                "--device",
+                self.setting["device"],
+                "--time-budget",
+                f"{budget:.0f}",
+                "--no-progress",
+                "--amp",
+                choice["amp"] if name == "nir-gnn" else "none",
+                "--val-every",
+                str(val_every if name == "nir-gnn" else 4 * val_every),
+                "--threads",
+                "2" if self.args.rehearsal else "6",
+            ]
             for key, value in {**model, **train}.items():
                 cmd += [f"--{key.replace('_', '-')}", str(value)]
             if inits[name] is not None:
@@ -389,9 +422,11 @@ class Runbook:
             env = self.env(**{KERNEL_ENV: choice["flag"] if name == "nir-gnn" else "0"})
             self.log(f"train {name}: {' '.join(cmd)}")
             log_file = open(self.work / f"train-{name}.out", "w")  # noqa: SIM115 (closed below)
-            procs[name] = (subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
-            ), log_file, run_dir)
+            procs[name] = (
+                subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT),
+                log_file,
+                run_dir,
+            )
         for name, (proc, log_file, run_dir) in procs.items():
             try:
                 code = proc.wait(timeout=max(1.0, self.left() - 30))
@@ -403,8 +438,10 @@ class Runbook:
             status = "ok" if code == 0 else f"exit {code}"
             self.log(f"train {name}: {status}")
             self.metrics["stages"][f"train_{name}"] = {"status": status}
-            for src, dst in ((run_dir / "weights.pt", f"{name}.pt"),
-                             (run_dir / "log.jsonl", f"{name}.log.jsonl")):
+            for src, dst in (
+                (run_dir / "weights.pt", f"{name}.pt"),
+                (run_dir / "log.jsonl", f"{name}.log.jsonl"),
+            ):
                 if src.is_file():
                     shutil.copyfile(src, self.out / dst)
             if (run_dir / "weights.pt").is_file():
@@ -422,9 +459,24 @@ class Runbook:
             model = "cnn" if label.startswith("cnn") else "nir-gnn"
             proc = self.call(
                 f"eval_{label}",
-                [sys.executable, "-m", "pyg_lecc.cli", "evaluate", "--data", self.args.pack,
-                 "--split", "validation", "--model", model, "--weights", path, "--device",
-                 self.setting["device"], "--json", str(target)],
+                [
+                    sys.executable,
+                    "-m",
+                    "pyg_lecc.cli",
+                    "evaluate",
+                    "--data",
+                    self.args.pack,
+                    "--split",
+                    "validation",
+                    "--model",
+                    model,
+                    "--weights",
+                    path,
+                    "--device",
+                    self.setting["device"],
+                    "--json",
+                    str(target),
+                ],
                 self.setting["timeouts"]["eval"],
             )
             if proc is not None and proc.returncode == 0 and target.is_file():
@@ -434,8 +486,9 @@ class Runbook:
         self.metrics["validation"] = results
 
     def run(self) -> int:
-        self.log(f"device runbook, deadline {self.args.deadline:.0f}s, "
-                 f"rehearsal={self.args.rehearsal}")
+        self.log(
+            f"device runbook, deadline {self.args.deadline:.0f}s, rehearsal={self.args.rehearsal}"
+        )
         try:
             self.machine()
             self.save_metrics()
@@ -481,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, default=520.0, help="seconds for everything")
     p.add_argument("--rehearsal", action="store_true", help="tiny sizes on the CPU")
     p.add_argument(
-        "--skip-tests", action="store_true",
+        "--skip-tests",
+        action="store_true",
         help="skip the pytest stage (the kernel check still gates the CUDA kernels)",
     )
     p = sub.add_parser("bench", help="operator timings (one stage)")

@@ -18,7 +18,7 @@ if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a folder of the checkout, 
 
 torch = pytest.importorskip("torch")
 run = pytest.importorskip("benchmarks.run")
-from benchmarks import full_image, graph_builders, operators, task  # noqa: E402
+from benchmarks import full_image, graph_builders, iteration, operators, task  # noqa: E402
 from benchmarks.common import memory_cap_reason  # noqa: E402
 
 
@@ -53,6 +53,9 @@ def _tiny_configs(data_root: Path) -> dict[str, object]:
             windows=(None, 9),
             min_run_time=0.01,
             device="cpu",
+        ),
+        "iteration": iteration.Config.quick(
+            widths=((6, 2),), layers_per_block=1, k=4, batch_size=1, patch_size=12, device="cpu"
         ),
         "full_image": full_image.Config.quick(
             synthetic_sizes=(24,),
@@ -136,6 +139,15 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
         if e["backend"] == "torch_cluster" and e["search_window"]
     )
 
+    # Training iteration: NIR-GNN with kernel and reference, timed against the CNN.
+    its = {e["variant"]: e for e in data["benchmarks"]["iteration"]["entries"]}
+    assert set(its) == set(iteration.VARIANTS)
+    assert all(e["status"] == "ok" and _positive(e["time_s"]) for e in its.values())
+    assert its["reference"]["backend"] == "reference"
+    assert its["kernel"]["backend"] == "numba"
+    assert its["cnn"]["cnn_ratio"] == pytest.approx(1.0)
+    assert its["kernel"]["params"] > its["cnn"]["params"]
+
     # Full image: both models, with the model's origin stated.
     full = data["benchmarks"]["full_image"]
     assert set(full["models"]) == {"nir-gnn", "cnn"}
@@ -153,10 +165,12 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     assert "NOT the paper's" in tk["schedule"]
 
     md = (out / "results.md").read_text()
-    for heading in ("## Operators", "## Image graph builders", "## Full-image", "## Task"):
+    headings = ("## Operators", "## Image graph builders", "## Training iteration", "## Full-image")
+    for heading in (*headings, "## Task"):
         assert heading in md
     assert "How memory is measured" in md
-    for name in ("operators_scaling.png", "graph_builders.png", "full_image.png", "task.png"):
+    plots = ("operators_scaling.png", "graph_builders.png", "iteration.png", "full_image.png")
+    for name in (*plots, "task.png"):
         assert (out / name).stat().st_size > 0, name
 
 

@@ -22,22 +22,44 @@ def test_runbook_rehearsal_runs_every_stage(tmp_path):
     pack_dataset(_make_data(tmp_path / "data"), pack)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "device_run.py"), "run", "--rehearsal",
-         "--pack", str(pack), "--out", str(out), "--work", str(tmp_path / "work"),
-         "--deadline", "600"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "device_run.py"),
+            "run",
+            "--rehearsal",
+            "--pack",
+            str(pack),
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+            "--deadline",
+            "600",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     log = (out / "device_run.log").read_text()
     assert proc.returncode == 0, log + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     failed = {
-        name: stage for name, stage in metrics["stages"].items()
+        name: stage
+        for name, stage in metrics["stages"].items()
         if stage["status"] != "ok" and name != "kernel_check"  # no CUDA here
     }
     assert not failed, log
-    assert {"machine", "bench_reference", "probe_reference_none", "probe_reference_bf16",
-            "train_nir-gnn", "train_cnn", "eval_nir-gnn_trained", "eval_cnn_trained"} <= set(
-        metrics["stages"])
+    assert {
+        "machine",
+        "bench_reference",
+        "probe_reference_none",
+        "probe_reference_bf16",
+        "train_nir-gnn",
+        "train_cnn",
+        "eval_nir-gnn_trained",
+        "eval_cnn_trained",
+    } <= set(metrics["stages"])
     assert metrics["cuda_kernels_passed"] is False
     assert set(metrics["validation"]) == {"nir-gnn_trained", "cnn_trained"}
     assert all(m["psnr"] > 0 for m in metrics["validation"].values())

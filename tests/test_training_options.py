@@ -43,8 +43,9 @@ def _fake_clock(monkeypatch, seconds_per_batch: float) -> None:
 
 
 def test_warmup_then_cosine_matches_the_formula(tmp_path):
-    cfg = TrainConfig(data=tmp_path, out=tmp_path, iters=20, lr=1e-2, lr_end=1e-4, warmup=4,
-                      schedule="cosine")
+    cfg = TrainConfig(
+        data=tmp_path, out=tmp_path, iters=20, lr=1e-2, lr_end=1e-4, warmup=4, schedule="cosine"
+    )
     for t in range(4):
         assert lr_at(t, cfg) == pytest.approx(1e-2 * (t + 1) / 4)
     for t in range(4, 21):
@@ -127,9 +128,7 @@ def test_init_from_starts_from_the_weights_with_a_fresh_optimizer(data, tmp_path
 
     monkeypatch.setattr(training, "_build_model", recording_build)
     second = tmp_path / "second"
-    summary = train(
-        _config(data, second, model="nir-gnn", iters=3, init_from=first / "weights.pt")
-    )
+    summary = train(_config(data, second, model="nir-gnn", iters=3, init_from=first / "weights.pt"))
     assert summary["iterations"] == 3
     assert started.keys() == expected.keys()
     for key in expected:
@@ -187,8 +186,7 @@ def test_ema_weights_are_the_moving_average_of_the_trained_ones(data, tmp_path, 
         expected = snapshots[0][key].double()
         for snap in snapshots[1:]:
             expected = decay * expected + (1 - decay) * snap[key].double()
-        torch.testing.assert_close(exported[key].double(), expected, rtol=1e-5, atol=1e-6,
-                                   msg=key)
+        torch.testing.assert_close(exported[key].double(), expected, rtol=1e-5, atol=1e-6, msg=key)
     # BatchNorm statistics recomputed for the averaged weights on the fixed batches.
     config = _config(data, out, model="nir-gnn", iters=4, ema=decay)
     batches = training._bn_batches(PairedImageDataset(data, "train"), config)

@@ -463,9 +463,7 @@ def _with_checksums(root: Path, pairs: list[ImagePair], manifest: Path) -> list[
     return checked
 
 
-def pack_dataset(
-    source: str | os.PathLike[str], out: str | os.PathLike[str]
-) -> dict[str, Any]:
+def pack_dataset(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
     """Write a compact, exact copy of a data set: lossless WebP images in the plain layout
     (``train/`` and ``validation/``, each with ``nir/`` and ``rgb/``) and a manifest
     (:data:`PACK_MANIFEST`) with the SHA-256 of every image as decoded from the source.

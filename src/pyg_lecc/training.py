@@ -316,8 +316,9 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.time_budget is not None and not _positive_finite(self.time_budget):
-            raise ValueError(f"time_budget must be a positive number of seconds, got "
-                             f"{self.time_budget!r}")
+            raise ValueError(
+                f"time_budget must be a positive number of seconds, got {self.time_budget!r}"
+            )
         if self.ema is not None and not (_is_number(self.ema) and 0.0 < self.ema < 1.0):
             raise ValueError(f"ema must be a decay strictly between 0 and 1, got {self.ema!r}")
         if self.init_from is not None and self.resume:
@@ -1038,8 +1039,14 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
                         write_checkpoint()  # it holds the final validation too
                 if info.is_main:
                     entry = {"kind": "stop", "reason": "time_budget", "iteration": it}
-                    log({**entry, "iters": config.iters, "time": elapsed(),
-                         "timestamp": time.time()})
+                    log(
+                        {
+                            **entry,
+                            "iters": config.iters,
+                            "time": elapsed(),
+                            "timestamp": time.time(),
+                        }
+                    )
     except KeyboardInterrupt:
         if stopped:
             raise

@@ -25,13 +25,15 @@ count (77 MB per thread at the paper's sizes) and they need a reduction; the sou
 costs about ``4 r F_h`` multiply-adds per edge instead, needs no buffer larger than
 ``E x 3r`` and gives the same result for any thread count.
 
-Measured on the paper's layer (141,120 edges, F=99, r=11, float32, 2 threads on the shared
-2-core development machine, load average 3-7, so read the ratios, not the seconds): forward
-0.27 s, backward 0.76 s (target pass) + 0.34 s (source pass); the whole
-``LightweightECC(99, 99, rank=11, circulant_stride=33)`` forward+backward 2.2-3.6 s against
-10-48 s with the reference op, in the same runs. The first call in a fresh environment
-compiles the float32 kernels (about 20 s on that machine); later processes load them from
-the cache in about a second.
+Measured on the paper's layer (141,120 edges, F=99, r=11, float32, 2 threads on the idle
+2-core development machine): forward 65 ms in the kernel (plus about 20 ms to fault in the
+77 MB of a fresh ``Q``), backward 137 ms (target pass) + 128 ms (source pass). Each
+multiply-add loop over ``F_h`` touches one output array: fused into one loop with several
+outputs, LLVM could not rule out overlaps and left the target pass scalar (260 ms). The
+whole ``LightweightECC(99, 99, rank=11, circulant_stride=33)`` forward+backward takes about
+0.9 s, of which about 0.43 s are its six dense node-level products (benchmarks). The first
+call in a fresh environment compiles the float32 kernels (about 20 s on that machine); later
+processes load them from the cache in about a second.
 """
 
 from __future__ import annotations
@@ -126,11 +128,19 @@ def _backward_targets(
                     edge_a[e, t], edge_gu[e, t], edge_gom[e, t] = a[t], g_u[t], g_om[t]
                 for g in range(Fh):
                     g_z[g] = zero
+                # One array pair per loop: LLVM vectorises a loop only when it can rule out
+                # overlaps between what it reads and what it writes.
                 for t in range(r):
+                    at, gut, gomt = a[t], g_u[t], g_om[t]
                     for g in range(Fh):
-                        g_z[g] += a[t] * GQ[i, t, g] + g_u[t] * V[j, t, g] + g_om[t] * w[t, g]
-                        gw_part[b, t, g] += g_om[t] * z[g]
-                    gbw_part[b, t] += g_om[t]
+                        g_z[g] += at * GQ[i, t, g]
+                    for g in range(Fh):
+                        g_z[g] += gut * V[j, t, g]
+                    for g in range(Fh):
+                        g_z[g] += gomt * w[t, g]
+                    for g in range(Fh):
+                        gw_part[b, t, g] += gomt * z[g]
+                    gbw_part[b, t] += gomt
                 for g in range(Fh):
                     g_pre = g_z[g] * mask[g]
                     gy_dst[i, g] -= g_pre
@@ -163,7 +173,12 @@ def _backward_sources(
                 at, gut, gomt = edge_a[e, t], edge_gu[e, t], edge_gom[e, t]
                 gc[j, t] += gut
                 for g in range(Fh):
-                    g_z[g] += at * GQ[i, t, g] + gut * V[j, t, g] + gomt * w[t, g]
+                    g_z[g] += at * GQ[i, t, g]
+                for g in range(Fh):
+                    g_z[g] += gut * V[j, t, g]
+                for g in range(Fh):
+                    g_z[g] += gomt * w[t, g]
+                for g in range(Fh):
                     gV[j, t, g] += gut * z[g]
             for g in range(Fh):
                 p = y_src[j, g] - y_dst[i, g] + b0[g]

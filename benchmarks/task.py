@@ -22,7 +22,7 @@ training split; then they are validated on the validation images (whole 256x256 
 49x49 kNN search window) with :func:`pyg_lecc.metrics.evaluate_pair` /
 :func:`~pyg_lecc.metrics.summarize`.
 
-This is a *short* schedule for a CPU (150 iterations in full mode), NOT the paper's: the
+This is a *short* schedule for a CPU (40 iterations in full mode), NOT the paper's: the
 metrics compare the operators early in training, not converged models.
 """
 

@@ -149,6 +149,14 @@ def test_init_from_refuses_another_architecture_or_model(data, tmp_path):
         train(_config(data, tmp_path / "b", model="cnn", init_from=weights))
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         train(_config(data, tmp_path / "c", init_from=tmp_path / "missing.pt"))
+    # Same config, but one tensor gone: named in the short summary, nothing trained.
+    damaged = torch.load(weights, weights_only=True)
+    name = sorted(damaged["state_dict"])[0]
+    del damaged["state_dict"][name]
+    torch.save(damaged, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match=rf"do not fit the model: missing tensors \(1\): {name}"):
+        train(_config(data, tmp_path / "d", model="nir-gnn", init_from=tmp_path / "damaged.pt"))
+    assert not (tmp_path / "d" / "weights.pt").exists()
 
 
 def test_resume_with_more_iterations_points_to_init_from(data, tmp_path):

@@ -87,6 +87,7 @@ from pyg_lecc.data import (
 from pyg_lecc.metrics import evaluate_pair, summarize
 from pyg_lecc.models import (
     NIRGNN,
+    _state_mismatch,
     cnn_baseline,
     list_models,
     load_weights,
@@ -632,10 +633,10 @@ def _init_from(net: NIRGNN, config: TrainConfig) -> None:
         raise ValueError(
             f"init_from {path} does not match the run's architecture: " + "; ".join(diffs)
         )
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"init_from {path}: its tensors do not fit the model: {err}") from err
+    mismatch = _state_mismatch(net.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"init_from {path}: its tensors do not fit the model: {mismatch}")
+    net.load_state_dict(state)
 
 
 _EvalData = list[tuple[str, Tensor, np.ndarray]]

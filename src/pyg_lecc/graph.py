@@ -13,6 +13,7 @@ from torch import Tensor
 from torch_geometric import EdgeIndex
 
 from pyg_lecc._optional import WITH_NUMBA, WITH_TORCH_CLUSTER, require
+from pyg_lecc.ops.checks import fewest_candidates
 
 BACKENDS = ("auto", "torch", "torch_cluster", "numba")
 # Feature types the Numba kernel compiles for (NumPy has no bfloat16).
@@ -349,7 +350,7 @@ def image_knn_graph(
     B, _, H, W = features.shape
     Sh, Sw = (H, W) if search_window is None else (min(search_window, H), min(search_window, W))
     # Fewest candidates any pixel has: the whole exclusion zone fits in its window.
-    fewest = Sh * Sw - min(Sh, 2 * exclude_radius + 1) * min(Sw, 2 * exclude_radius + 1)
+    fewest = fewest_candidates((Sh, Sw), exclude_radius)
     if fewest < k:
         raise ValueError(
             f"cannot choose k={k} neighbours: a {H}x{W} image with search_window="

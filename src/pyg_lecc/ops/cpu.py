@@ -46,6 +46,8 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from pyg_lecc.ops.checks import check_edge_aggregate_inputs
+
 # No "nnan"/"ninf": exp() of large negative distances must stay exact zeros, not UB.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # Target blocks per thread for the parameter-gradient partials (load balance vs. memory).
@@ -234,6 +236,10 @@ def edge_aggregate_forward(
     slope: float,
 ) -> tuple[Tensor, Tensor]:
     r"""Forward of :func:`pyg_lecc.ops.edge_aggregate` (float32 or float64, CPU)."""
+    # The kernel does no bounds checking: refuse inputs it would read outside of.
+    check_edge_aggregate_inputs(
+        [x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega], rowptr, col
+    )
     num_dst, r, Fh = rowptr.numel() - 1, V.size(1), V.size(2)
     if col.numel() == 0:
         return V.new_zeros(num_dst, r, Fh), V.new_zeros(num_dst, r)
@@ -268,6 +274,9 @@ def edge_aggregate_backward(
     slope: float,
 ) -> tuple[Tensor, ...]:
     r"""Backward of :func:`pyg_lecc.ops.edge_aggregate` (float32 or float64, CPU)."""
+    check_edge_aggregate_inputs(
+        [x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega], rowptr, col, [grad_Q, grad_P]
+    )
     E, num_dst, r = col.numel(), rowptr.numel() - 1, V.size(1)
     inputs = (x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega)
     if E == 0:

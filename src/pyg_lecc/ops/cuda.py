@@ -43,6 +43,8 @@ import os
 import torch
 from torch import Tensor
 
+from pyg_lecc.ops.checks import check_edge_aggregate_inputs
+
 try:
     import triton
     import triton.language as tl
@@ -475,6 +477,10 @@ def edge_aggregate_forward(
         (torch.Tensor, torch.Tensor): :math:`\mathbf{Q}` of shape :math:`(N_d, r, F_h)` and
         :math:`\mathbf{P}` of shape :math:`(N_d, r)`, in the input dtype.
     """
+    # The kernel does no bounds checking: refuse inputs it would read outside of.
+    check_edge_aggregate_inputs(
+        [x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega], rowptr, col
+    )
     Nd, r, Fh, Fin = x_dst.size(0), V.size(1), V.size(2), x_src.size(1)
     E = col.numel()
     if not _use_triton(V):
@@ -523,6 +529,9 @@ def edge_aggregate_backward(
         tuple: Gradients of ``(x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega)``,
         each with its input's shape and dtype.
     """
+    check_edge_aggregate_inputs(
+        [x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega], rowptr, col, [grad_Q, grad_P]
+    )
     Nd, Ns, r, Fh, Fin = x_dst.size(0), x_src.size(0), V.size(1), V.size(2), x_src.size(1)
     E = col.numel()
     if not _use_triton(V):

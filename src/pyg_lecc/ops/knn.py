@@ -31,6 +31,8 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from pyg_lecc.ops.checks import check_knn_window
+
 # Side of the square query tiles (see knn_in_windows).
 _TILE = 16
 
@@ -104,6 +106,9 @@ def knn_in_windows(
         torch.Tensor: :math:`(B H W, k)` global node indices, each row ordered by (distance,
         index), as :func:`pyg_lecc.graph._knn_torch` returns them.
     """
+    # The selection kernel does no bounds checking: a window outside the image or too few
+    # candidates would read outside the distance block or leave unset neighbours.
+    check_knn_window(tuple(feats.shape), k, radius, window)
     B, C, H, W = feats.shape
     Sh, Sw = window
     # Detached: the worker threads do not inherit the caller's no_grad mode.

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyg_lecc.ops.checks import check_edge_aggregate_inputs
+
 # Elements of one temporary ``chunk x r x F_h`` block on CPU (256 Ki floats, 1 MB in
 # float32): the gathered rows stay in the L2 cache between the gather and the contraction.
 # Measured on the paper's training batch (141,120 edges, r * F_h = 1,089; 2-core CPU):
@@ -87,6 +89,10 @@ def edge_aggregate_forward(
 ) -> tuple[Tensor, Tensor]:
     r"""Forward of :func:`pyg_lecc.ops.edge_aggregate`: returns :math:`(\mathbf{Q},
     \mathbf{P})`."""
+    # Malformed pointers would silently misassign edges: the same checks as the kernels.
+    check_edge_aggregate_inputs(
+        [x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega], rowptr, col
+    )
     num_dst, r, Fh = rowptr.numel() - 1, V.size(1), V.size(2)
     Q = V.new_zeros(num_dst, r, Fh)
     P = V.new_zeros(num_dst, r)
@@ -122,6 +128,9 @@ def edge_aggregate_backward(
     r"""Backward of :func:`pyg_lecc.ops.edge_aggregate`: the gradients of ``(x_src, x_dst,
     y_src, y_dst, b0, V, c, w_omega, b_omega)``, recomputing the per-edge quantities chunk
     by chunk."""
+    check_edge_aggregate_inputs(
+        [x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega], rowptr, col, [grad_Q, grad_P]
+    )
     r, Fh = V.size(1), V.size(2)
     grads = [torch.zeros_like(t) for t in (x_src, x_dst, y_src, y_dst, b0, V, c, w_omega)]
     gx_src, gx_dst, gy_src, gy_dst, gb0, gV, gc, gw = grads

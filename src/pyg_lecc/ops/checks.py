@@ -1,0 +1,149 @@
+r"""Argument checks at the entry of every kernel of :mod:`pyg_lecc.ops`.
+
+The Numba and Triton kernels index node rows with the graph's indices and do no bounds
+checking of their own, so a wrong index or a pointer array that does not match the node
+tensors would read (or write) outside the arrays: a crash of the interpreter, or made-up
+numbers. Every entry therefore checks what the kernels rely on, whatever the caller passed:
+
+* shapes: host-side metadata, free on every device;
+* index values: an exact check with a clear message on CPU (one pass over the indices);
+  on CUDA an asynchronous device-side assertion (:func:`torch._assert_async`), the same
+  guarantee PyTorch's own indexing gives there, without a host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_edge_aggregate_inputs", "check_knn_window", "fewest_candidates"]
+
+_NAMES = ("x_src", "x_dst", "y_src", "y_dst", "b0", "V", "c", "w_omega", "b_omega")
+
+
+def _expected_shapes(floats: list[Tensor], num_dst: int) -> dict[str, tuple[int, ...]]:
+    (num_src, Fin), (_, r, Fh) = floats[0].shape, floats[5].shape
+    return {
+        "x_src": (num_src, Fin),
+        "x_dst": (num_dst, Fin),
+        "y_src": (num_src, Fh),
+        "y_dst": (num_dst, Fh),
+        "b0": (Fh,),
+        "V": (num_src, r, Fh),
+        "c": (num_src, r),
+        "w_omega": (r, Fh),
+        "b_omega": (r,),
+    }
+
+
+def _check_shapes(floats: list[Tensor], rowptr: Tensor, col: Tensor) -> None:
+    for name, index in (("rowptr", rowptr), ("col", col)):
+        if index.dim() != 1 or index.dtype != torch.long:
+            raise ValueError(
+                f"edge_aggregate: '{name}' must be a 1-D int64 tensor, got shape "
+                f"{tuple(index.shape)} and dtype {index.dtype}"
+            )
+    if rowptr.numel() == 0:
+        raise ValueError("edge_aggregate: 'rowptr' needs num_dst + 1 >= 1 entries, got none")
+    num_dst = rowptr.numel() - 1
+    if floats[0].dim() != 2 or floats[5].dim() != 3:
+        raise ValueError(
+            f"edge_aggregate: 'x_src' must be 2-D and 'V' 3-D, got shapes "
+            f"{tuple(floats[0].shape)} and {tuple(floats[5].shape)}"
+        )
+    expected = _expected_shapes(floats, num_dst)
+    for name, tensor in zip(_NAMES, floats, strict=True):
+        if tuple(tensor.shape) != expected[name]:
+            raise ValueError(
+                f"edge_aggregate: '{name}' must have shape {expected[name]} (from x_src, V "
+                f"and rowptr of {num_dst + 1} entries), got {tuple(tensor.shape)}"
+            )
+
+
+def _check_index_values(rowptr: Tensor, col: Tensor, num_src: int, on_host: bool) -> None:
+    num_edges = col.numel()
+    if not on_host:
+        ok = (rowptr[0] == 0) & (rowptr[-1] == num_edges) & (rowptr.diff() >= 0).all()
+        if num_edges > 0:
+            ok = ok & (col.min() >= 0) & (col.max() < num_src)
+        torch._assert_async(ok, "edge_aggregate: rowptr/col do not index the node tensors")
+        return
+    first, last = int(rowptr[0]), int(rowptr[-1])
+    if first != 0 or last != num_edges or not bool((rowptr.diff() >= 0).all()):
+        raise ValueError(
+            f"edge_aggregate: 'rowptr' must rise from 0 to the number of edges "
+            f"({num_edges}) without decreasing, got first {first} and last {last}"
+        )
+    if num_edges > 0:
+        lo, hi = int(col.min()), int(col.max())
+        if lo < 0 or hi >= num_src:
+            raise IndexError(
+                f"edge_aggregate: source indices 'col' must lie in [0, {num_src - 1}], "
+                f"found values in [{lo}, {hi}]"
+            )
+
+
+def check_edge_aggregate_inputs(
+    floats: list[Tensor], rowptr: Tensor, col: Tensor, grads: list[Tensor] | None = None
+) -> None:
+    r"""Checks the inputs of :func:`pyg_lecc.ops.edge_aggregate` (and, with :obj:`grads`,
+    the output gradients :math:`(\partial Q, \partial P)` of its backward) against each
+    other: shapes, pointer consistency and index ranges.
+
+    Args:
+        floats (list[torch.Tensor]): ``x_src, x_dst, y_src, y_dst, b0, V, c, w_omega,
+            b_omega``.
+        rowptr (torch.Tensor): CSR pointers by target.
+        col (torch.Tensor): Source of every edge.
+        grads (list[torch.Tensor], optional): ``grad_Q, grad_P``. (default: :obj:`None`)
+    """
+    _check_shapes(floats, rowptr, col)
+    if grads is not None:
+        num_dst, (r, Fh) = rowptr.numel() - 1, floats[5].shape[1:]
+        for name, grad, shape in zip(
+            ("grad_Q", "grad_P"), grads, ((num_dst, r, Fh), (num_dst, r)), strict=True
+        ):
+            if tuple(grad.shape) != shape:
+                raise ValueError(
+                    f"edge_aggregate backward: '{name}' must have shape {shape}, "
+                    f"got {tuple(grad.shape)}"
+                )
+    _check_index_values(rowptr, col, floats[0].size(0), on_host=rowptr.device.type == "cpu")
+
+
+def fewest_candidates(window: tuple[int, int], exclude_radius: int) -> int:
+    r"""The fewest kNN candidates any pixel has in an :math:`S_h \times S_w` search window
+    once its :obj:`exclude_radius` neighbourhood is removed (the whole exclusion zone fits in
+    the window)."""
+    Sh, Sw = window
+    side = 2 * exclude_radius + 1
+    return Sh * Sw - min(Sh, side) * min(Sw, side)
+
+
+def check_knn_window(
+    shape: tuple[int, ...], k: int, exclude_radius: int, window: tuple[int, int]
+) -> None:
+    r"""Checks the arguments of :func:`pyg_lecc.ops.knn.knn_in_windows`: a window inside the
+    :math:`(B, C, H, W)` image and at least :obj:`k` candidates for every pixel."""
+    if len(shape) != 4:
+        raise ValueError(f"knn_in_windows: 'feats' must be (B, C, H, W), got shape {shape}")
+    H, W = shape[2], shape[3]
+    Sh, Sw = window
+    if not (1 <= Sh <= H and 1 <= Sw <= W):
+        raise ValueError(
+            f"knn_in_windows: 'window' {window} must lie inside the {H}x{W} image (each "
+            f"side between 1 and the image's)"
+        )
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"knn_in_windows: 'k' must be a positive integer, got {k!r}")
+    if not isinstance(exclude_radius, int) or exclude_radius < 0:
+        raise ValueError(
+            f"knn_in_windows: 'radius' must be an integer >= 0, got {exclude_radius!r}"
+        )
+    fewest = fewest_candidates(window, exclude_radius)
+    if fewest < k:
+        raise ValueError(
+            f"knn_in_windows: cannot choose k={k} neighbours: a {Sh}x{Sw} window with "
+            f"exclude_radius={exclude_radius} leaves some pixels only {max(fewest, 0)} "
+            f"candidates"
+        )

@@ -611,3 +611,77 @@ def test_edge_attr_errors(implementation):
         plain(x, edge_index, torch.randn(3, 2))
     with pytest.raises(ValueError, match="edge_dim"):
         LightweightECC(4, 3, edge_dim=0)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+@pytest.mark.parametrize(
+    "size,target",
+    # Both once read past the end of x (a segfault, or 8 rows of made-up values).
+    [((6, 5_000_001), 5_000_000), ((6, 8), 7), ((9, 6), 0)],
+)
+def test_size_must_match_the_node_features(implementation, size, target):
+    conv = LightweightECC(8, 8, rank=3, implementation=implementation)
+    with pytest.raises(ValueError, match=r"'size' .* does not match the (source|target) node"):
+        conv(torch.randn(6, 8), torch.tensor([[0], [target]]), size=size)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_matching_size_is_accepted(implementation):
+    conv = _randomise(LightweightECC(4, 3, rank=2, implementation=implementation))
+    x_src, x_dst, edge_index = torch.randn(6, 4), torch.randn(2, 4), _random_graph(6, 2, 9)
+    expected = conv((x_src, x_dst), edge_index)
+    assert torch.allclose(conv((x_src, x_dst), edge_index, size=(6, 2)), expected)
+    assert torch.allclose(conv((x_src, x_dst), edge_index, size=(None, 2)), expected)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+@pytest.mark.parametrize("edge_dim", [None, 2])
+def test_graph_without_nodes(implementation, edge_dim):
+    conv = LightweightECC(4, 3, rank=2, implementation=implementation, edge_dim=edge_dim)
+    x = torch.randn(0, 4, requires_grad=True)
+    edge_attr = None if edge_dim is None else torch.randn(0, edge_dim)
+    out = conv(x, torch.empty(2, 0, dtype=torch.long), edge_attr)
+    assert out.shape == (0, 3)
+    out.sum().backward()
+    assert x.grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_missing_target_features_with_edge_dim(implementation):
+    # PyG's (x_src, None) convention: the edge_attr mode never reads the target features.
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(4, 3, rank=2, edge_dim=2, implementation=implementation))
+    x, edge_index = torch.randn(7, 4), _random_graph(7, 3, 12)
+    edge_attr = torch.randn(12, 2)
+    expected = conv((x, x[:3]), edge_index, edge_attr)
+    assert torch.allclose(conv((x, None), edge_index, edge_attr, size=(7, 3)), expected)
+    # No size: as many targets as sources, as in PyG.
+    out = conv((x, None), edge_index, edge_attr)
+    assert out.shape == (7, 3)
+    assert torch.allclose(out[:3], expected)
+
+
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_missing_target_features_without_edge_dim_is_refused(implementation):
+    conv = LightweightECC(4, 3, rank=2, implementation=implementation)
+    with pytest.raises(ValueError, match=r"target node features None.*x_j - x_i"):
+        conv((torch.randn(5, 4), None), torch.tensor([[0, 1], [1, 0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.float16, torch.float64])
+def test_edge_attr_of_another_dtype_is_named(dtype):
+    conv = LightweightECC(4, 3, rank=2, edge_dim=2)
+    edge_attr = torch.ones(2, 2, dtype=dtype)
+    with pytest.raises(ValueError, match=rf"'edge_attr' in the dtype .*got {dtype}"):
+        conv(torch.randn(5, 4), torch.tensor([[0, 1], [1, 0]]), edge_attr)
+
+
+def test_edge_index_falsely_sorted_is_caught_in_debug_mode():
+    import torch_geometric
+
+    conv = LightweightECC(4, 3, rank=2)
+    edge_index = EdgeIndex(
+        torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]), sparse_size=(4, 4), sort_order="col"
+    )
+    with torch_geometric.debug(), pytest.raises(ValueError, match="not sorted by column"):
+        conv(torch.randn(4, 4), edge_index)

@@ -11,7 +11,7 @@ from torch.nn import Parameter
 from torch_geometric import EdgeIndex, is_debug_enabled
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.inits import zeros
-from torch_geometric.typing import Adj, OptTensor, PairTensor, Size
+from torch_geometric.typing import Adj, OptPairTensor, OptTensor, PairTensor, Size
 from torch_geometric.utils import is_sparse, to_edge_index
 
 from pyg_lecc.functional import gather_contract, scatter_outer
@@ -135,6 +135,12 @@ class LightweightECC(MessagePassing):
     :func:`~pyg_lecc.functional.gather_contract` and
     :func:`~pyg_lecc.functional.scatter_outer`.
 
+    An :class:`~torch_geometric.EdgeIndex` that declares :obj:`sort_order="col"` is trusted,
+    as everywhere in PyG: its cached pointers group the edges by target without the indices
+    being read, so an index that claims an order it does not have gives wrong results. In
+    PyG's debug mode (:func:`torch_geometric.debug`) it is validated first
+    (:meth:`~torch_geometric.EdgeIndex.validate`).
+
     Args:
         in_channels (int): Size of each input sample :math:`F_{in}` (source and target
             nodes share it, as the label :math:`\mathbf{x}_j - \mathbf{x}_i` needs both).
@@ -170,9 +176,13 @@ class LightweightECC(MessagePassing):
     Shapes:
         - **input:**
           node features :math:`(|\mathcal{V}|, F_{in})` or
-          :math:`((|\mathcal{V_s}|, F_{in}), (|\mathcal{V_t}|, F_{in}))` if bipartite,
+          :math:`((|\mathcal{V_s}|, F_{in}), (|\mathcal{V_t}|, F_{in}))` if bipartite
+          (with :obj:`edge_dim`, the target features may be :obj:`None`: then
+          :math:`|\mathcal{V}_t|` is :obj:`size[1]`, or :math:`|\mathcal{V}_s|`),
           edge indices :math:`(2, |\mathcal{E}|)` or a sparse adjacency matrix,
-          edge features :math:`(|\mathcal{E}|, D)` *(only with* :obj:`edge_dim` *)*
+          edge features :math:`(|\mathcal{E}|, D)` in the node features' dtype *(only
+          with* :obj:`edge_dim` *)*, :obj:`size` :math:`(|\mathcal{V}_s|, |\mathcal{V}_t|)`
+          *(optional; it must match the node features that are given)*
         - **output:** node features :math:`(|\mathcal{V}|, F_{out})` or
           :math:`(|\mathcal{V}_t|, F_{out})` if bipartite
 
@@ -272,7 +282,7 @@ class LightweightECC(MessagePassing):
 
     def forward(
         self,
-        x: Tensor | PairTensor,
+        x: Tensor | OptPairTensor,
         edge_index: Adj,
         edge_attr: OptTensor = None,
         size: Size = None,
@@ -280,6 +290,7 @@ class LightweightECC(MessagePassing):
         if isinstance(x, Tensor):
             x = (x, x)
         self._check_features(x)
+        num_nodes = self._num_nodes(x, size)
 
         implementation = self.implementation
         if self.explain or self.aggr not in _LINEAR_AGGRS:
@@ -299,21 +310,21 @@ class LightweightECC(MessagePassing):
                 edge_attr = value
 
         if self.edge_dim is not None:
-            edge_attr = self._check_edge_attr(edge_attr, edge_index)
+            edge_attr = self._check_edge_attr(edge_attr, edge_index, x[0])
 
         if implementation == "edge":
             if not is_sparse(edge_index):
-                self._check_edge_index(edge_index, x, size)
+                self._check_edge_index(edge_index, num_nodes)
             # propagate_type: (x: PairTensor, edge_attr: OptTensor)
-            out = self.propagate(edge_index, x=x, edge_attr=edge_attr, size=size)
+            out = self.propagate(edge_index, x=x, edge_attr=edge_attr, size=num_nodes)
         else:
             if is_sparse(edge_index):
                 edge_index, _ = self._edges_of_sparse(edge_index)
-            self._check_edge_index(edge_index, x, size)
+            self._check_edge_index(edge_index, num_nodes)
             if edge_attr is None and self.attention:
-                out = self._node_level(x, edge_index, size)
+                out = self._node_level(x, edge_index, num_nodes[1])
             else:
-                out = self._node_level_edge_label(x, edge_index, edge_attr, size)
+                out = self._node_level_edge_label(x, edge_index, edge_attr, num_nodes[1])
 
         if self.bias is not None:
             out = out + self.bias
@@ -362,26 +373,26 @@ class LightweightECC(MessagePassing):
     def _source_terms(self, x_src: Tensor) -> tuple[Tensor, Tensor]:
         # Psi x_j = A1(z) x_j + B1 x_j: V_j = A1 x_j as (N_src, r, F_h) and c_j = B1 x_j.
         r, Fh = self.rank, self.lin0_weight.size(0)
-        V = (x_src @ self._circulant_matrix(self.psi_weight, self.in_channels)).view(-1, r, Fh)
+        A1 = self._circulant_matrix(self.psi_weight, self.in_channels)
+        V = (x_src @ A1).view(x_src.size(0), r, Fh)  # explicit rows: 0 nodes is valid
         return V, F.linear(x_src, self.psi_bias)
 
     def _target_output(self, Q: Tensor, P: Tensor, degree: Tensor) -> Tensor:
         # Phi^T a = A2(sum a z^T) + B2^T sum a, on the target nodes.
         A2 = self._circulant_matrix(self.phi_weight, self.out_channels)  # (F_out, r * F_h)
-        out = Q.reshape(Q.size(0), -1) @ A2.t() + P @ self.phi_bias
+        out = Q.reshape(Q.size(0), A2.size(1)) @ A2.t() + P @ self.phi_bias
         if self.aggr == "mean":
             # Scaling the output rows is the same as scaling Q and P, on F_out numbers.
             out = out / degree.clamp(min=1).unsqueeze(-1).to(out.dtype)
         return out
 
-    def _node_level(self, x: PairTensor, edge_index: Tensor, size: Size) -> Tensor:
+    def _node_level(self, x: PairTensor, edge_index: Tensor, num_dst: int) -> Tensor:
         # Exact rewrite of `message` + linear aggregation (docs: "The node-level formulation"):
         #   Psi x_j = A1(z) x_j + B1 x_j with A1 linear in z, so the F_in contraction moves
         #   to the source nodes (V_j = A1 x_j); Phi^T a = A2(sum a z^T) + B2^T sum a, so the
         #   F_out contraction moves to the target nodes. The per-edge work in between is one
         #   fused op (`pyg_lecc.ops.edge_aggregate`) over the edges grouped by target.
         x_src, x_dst = x
-        num_dst = x_dst.size(0) if size is None or size[1] is None else size[1]
         rowptr, col = _csr_by_target(edge_index, num_dst)
 
         # W0 (x_j - x_i) = W0 x_j - W0 x_i: one product per node instead of per edge.
@@ -406,14 +417,13 @@ class LightweightECC(MessagePassing):
         return self._target_output(Q, P, rowptr.diff())
 
     def _node_level_edge_label(
-        self, x: PairTensor, edge_index: Tensor, edge_attr: OptTensor, size: Size
+        self, x: PairTensor, edge_index: Tensor, edge_attr: OptTensor, num_dst: int
     ) -> Tensor:
         # The same node-level rewrite with the hidden vector z computed per edge (from
         # `edge_attr`, or from x_j - x_i without attention): only z, omega and the rank-r
         # coefficients live on edges; the two chunked custom ops keep every E x r x F_h
         # temporary bounded and save nothing larger than z for backward.
         x_src, x_dst = x
-        num_dst = x_dst.size(0) if size is None or size[1] is None else size[1]
         if isinstance(edge_index, EdgeIndex):
             edge_index = edge_index.as_tensor()  # traceable, unlike as_subclass
         src, dst = edge_index[0], edge_index[1]
@@ -434,7 +444,7 @@ class LightweightECC(MessagePassing):
         degree = dst.new_zeros(num_dst).index_add_(0, dst, torch.ones_like(dst))
         return self._target_output(Q, P, degree)
 
-    def _check_edge_attr(self, edge_attr: OptTensor, edge_index: Adj) -> Tensor:
+    def _check_edge_attr(self, edge_attr: OptTensor, edge_index: Adj, x_src: Tensor) -> Tensor:
         name = self.__class__.__name__
         if edge_attr is None:
             raise ValueError(
@@ -454,17 +464,52 @@ class LightweightECC(MessagePassing):
                 f"{name} expects 'edge_attr' of shape ({num_edges or 'num_edges'}, "
                 f"{self.edge_dim}) (edge_dim={self.edge_dim}), got {tuple(edge_attr.shape)}"
             )
+        # Autocast casts for itself; otherwise torch's own error would not name the argument.
+        if edge_attr.dtype != x_src.dtype and not torch.is_autocast_enabled(x_src.device.type):
+            raise ValueError(
+                f"{name} expects 'edge_attr' in the dtype of the node features "
+                f"({x_src.dtype}), got {edge_attr.dtype}: cast it with "
+                f"edge_attr.to(x.dtype) (integer categories are better one-hot encoded)"
+            )
         return edge_attr
 
-    def _check_features(self, x: PairTensor) -> None:
+    def _check_features(self, x: OptPairTensor) -> None:
+        name = self.__class__.__name__
+        if x[0] is None:
+            raise ValueError(f"{name} needs source node features, got None")
+        if x[1] is None and self.edge_dim is None:
+            raise ValueError(
+                f"{name} got target node features None, but without 'edge_dim' the filter "
+                f"network reads x_j - x_i and needs them: pass (x_src, x_dst) (with "
+                f"NeighborLoader batches, x_dst = x_src[:num_targets]), or condition on "
+                f"edge features with edge_dim"
+            )
         for role, feats in zip(("source", "target"), x, strict=True):
-            if feats.dim() != 2 or feats.size(-1) != self.in_channels:
+            if feats is not None and (feats.dim() != 2 or feats.size(-1) != self.in_channels):
                 raise ValueError(
-                    f"{self.__class__.__name__} expects {role} node features of shape "
+                    f"{name} expects {role} node features of shape "
                     f"(num_nodes, {self.in_channels}), got {tuple(feats.shape)}"
                 )
 
-    def _check_edge_index(self, edge_index: Tensor, x: PairTensor, size: Size) -> None:
+    def _num_nodes(self, x: OptPairTensor, size: Size) -> tuple[int, int]:
+        # PyG's rule: a given `size` must match the node tensors that exist; the kernels
+        # index those tensors, so a larger size would read past their ends. Missing target
+        # features (edge_dim mode) take size[1], else as many targets as sources.
+        given = (None, None) if size is None else tuple(size)
+        if len(given) != 2:
+            raise ValueError(f"'size' must be a pair (num_src, num_dst), got {size!r}")
+        for role, feats, n in zip(("source", "target"), x, given, strict=True):
+            if feats is not None and n is not None and n != feats.size(0):
+                raise ValueError(
+                    f"'size' {tuple(given)} does not match the {role} node features, which "
+                    f"have {feats.size(0)} rows"
+                )
+        num_src = x[0].size(0)
+        if x[1] is not None:
+            return num_src, x[1].size(0)
+        return num_src, num_src if given[1] is None else int(given[1])
+
+    def _check_edge_index(self, edge_index: Tensor, num_nodes: tuple[int, int]) -> None:
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(
                 f"'edge_index' must have shape (2, num_edges), got {tuple(edge_index.shape)}"
@@ -472,19 +517,19 @@ class LightweightECC(MessagePassing):
         if edge_index.dtype != torch.long:
             raise ValueError(f"'edge_index' must have dtype torch.long, got {edge_index.dtype}")
         # Range checks read the indices (a device sync, a graph break): eager CPU tensors,
-        # or any device in PyG's debug mode (`torch_geometric.debug()`), as PyG does.
+        # or any device in PyG's debug mode (`torch_geometric.debug()`), as PyG does. The
+        # fused op checks its own pointers and indices whatever happens here.
         if torch.compiler.is_compiling() or edge_index.numel() == 0:
             return
         if edge_index.device.type != "cpu" and not is_debug_enabled():
             return
-        for row, role, feats, n in zip(
-            (0, 1), ("source", "target"), x, size or (None, None), strict=True
-        ):
-            num_nodes = feats.size(0) if n is None else n
+        if isinstance(edge_index, EdgeIndex) and is_debug_enabled():
+            edge_index.validate()  # its claimed sort order is trusted otherwise
+        for row, role, n in zip((0, 1), ("source", "target"), num_nodes, strict=True):
             lo, hi = int(edge_index[row].min()), int(edge_index[row].max())
-            if lo < 0 or hi >= num_nodes:
+            if lo < 0 or hi >= n:
                 raise IndexError(
-                    f"'edge_index' {role} indices must lie in [0, {num_nodes - 1}], "
+                    f"'edge_index' {role} indices must lie in [0, {n - 1}], "
                     f"found values in [{lo}, {hi}]"
                 )
 

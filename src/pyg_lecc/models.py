@@ -10,6 +10,7 @@ import json
 import math
 import pickle
 import zipfile
+import zlib
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -301,7 +302,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is a directory, or not a valid weights file: not a complete
-            PyTorch archive, objects other than tensors and plain values, missing entries, an
+            PyTorch archive, a member whose CRC-32 checksum does not match its bytes (a
+            flipped bit), objects other than tensors and plain values, missing entries, an
             unregistered model name, an unknown or invalid config value, or a tensor that is
             not finite. The message names the file and the problem.
     """
@@ -317,6 +319,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             f"cannot load weights from {path}: not a PyTorch weights archive (the file is "
             "truncated, damaged or of another format)"
         )
+    _check_archive_checksums(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -348,6 +351,24 @@ def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{path} is damaged: tensor {key!r} holds NaN or infinite values")
     return {"model": name, "config": dict(config)}, state
+
+
+def _check_archive_checksums(path: Path) -> None:
+    # torch.load does not verify the zip's CRC-32 of each member: a flipped bit in a tensor's
+    # bytes would load as a silently different weight.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(
+            f"cannot load weights from {path}: the file is damaged ({detail})"
+        ) from err
+    if damaged is not None:
+        raise ValueError(
+            f"cannot load weights from {path}: the file is damaged (checksum of member "
+            f"{damaged!r} does not match its contents)"
+        )
 
 
 def _is_plain(tensor: Tensor) -> bool:

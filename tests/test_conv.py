@@ -685,3 +685,134 @@ def test_edge_index_falsely_sorted_is_caught_in_debug_mode():
     )
     with torch_geometric.debug(), pytest.raises(ValueError, match="not sorted by column"):
         conv(torch.randn(4, 4), edge_index)
+
+
+@pytest.mark.parametrize("edge_dim", [None, 3])
+def test_lazy_in_channels_equals_eager(edge_dim):
+    x, edge_index = torch.randn(9, 6), _random_graph(9, 9, 20)
+    edge_attr = None if edge_dim is None else torch.randn(20, edge_dim)
+    lazy = LightweightECC(-1, 4, rank=2, circulant_stride=(3, 2), edge_dim=edge_dim)
+    assert "UninitializedParameter" in repr(lazy.psi_weight.__class__)
+    torch.manual_seed(0)
+    out = lazy(x, edge_index, edge_attr)
+    eager = LightweightECC(6, 4, rank=2, circulant_stride=(3, 2), edge_dim=edge_dim)
+    assert {k: v.shape for k, v in lazy.state_dict().items()} == {
+        k: v.shape for k, v in eager.state_dict().items()
+    }
+    eager.load_state_dict(lazy.state_dict())
+    assert torch.allclose(eager(x, edge_index, edge_attr), out)
+    # Trained weights into a fresh lazy layer: the shapes give the widths.
+    reloaded = LightweightECC(-1, 4, rank=2, circulant_stride=(3, 2), edge_dim=edge_dim)
+    reloaded.load_state_dict(eager.state_dict())
+    assert torch.allclose(reloaded(x, edge_index, edge_attr), out)
+    with pytest.raises(ValueError, match=r"source node features of shape \(num_nodes, 6\)"):
+        lazy(torch.randn(9, 5), edge_index, edge_attr)
+
+
+def test_lazy_in_channels_checks_the_stride_at_the_first_input():
+    conv = LightweightECC(-1, 4, rank=2, circulant_stride=4)
+    with pytest.raises(ValueError, match="divides in_channels=6"):
+        conv(torch.randn(5, 6), _random_graph(5, 5, 8))
+
+
+def test_tuple_in_channels_needs_edge_dim_when_widths_differ():
+    with pytest.raises(ValueError, match="source and target widths differ"):
+        LightweightECC((5, 3), 4)
+    with pytest.raises(ValueError, match="'in_channels' must be"):
+        LightweightECC((5, 0), 4, edge_dim=2)
+    conv = _randomise(LightweightECC((5, 3), 4, rank=2, edge_dim=2))
+    x_src, x_dst, edge_index = torch.randn(7, 5), torch.randn(4, 3), _random_graph(7, 4, 10)
+    edge_attr = torch.randn(10, 2)
+    out = conv((x_src, x_dst), edge_index, edge_attr)
+    # Only the source features enter the edge_attr mode: any target features of width 3 agree.
+    assert torch.allclose(out, conv((x_src, torch.randn(4, 3)), edge_index, edge_attr))
+    assert torch.allclose(out, conv((x_src, None), edge_index, edge_attr, size=(7, 4)))
+    with pytest.raises(ValueError, match=r"target node features of shape \(num_nodes, 3\)"):
+        conv((x_src, torch.randn(4, 5)), edge_index, edge_attr)
+
+
+def test_to_hetero_with_node_types_of_different_widths():
+    from torch_geometric.nn import to_hetero
+
+    torch.manual_seed(0)
+    x_dict = {"atom": torch.randn(6, 5), "ring": torch.randn(3, 2)}
+    types = [("atom", "bond", "atom"), ("ring", "holds", "atom"), ("atom", "in", "ring")]
+    sizes = {"atom": 6, "ring": 3}
+    edge_index_dict = {t: _random_graph(sizes[t[0]], sizes[t[2]], 8) for t in types}
+    edge_attr_dict = {t: torch.randn(8, 3) for t in types}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = LightweightECC((-1, -1), 4, rank=2, edge_dim=3)
+
+        def forward(self, x, edge_index, edge_attr):
+            return self.conv(x, edge_index, edge_attr)
+
+    model = to_hetero(Net(), (list(x_dict), types), aggr="sum")
+    out = model(x_dict, edge_index_dict, edge_attr_dict)
+    # Independently: each edge type's own layer on its bipartite pair, summed per target.
+    expected = {"atom": 0, "ring": 0}
+    for t in types:
+        conv = model.conv["__".join(t)]
+        pair = (x_dict[t[0]], x_dict[t[2]])
+        expected[t[2]] = expected[t[2]] + conv(pair, edge_index_dict[t], edge_attr_dict[t])
+    assert model.conv["ring__holds__atom"].psi_bias.shape == (2, 2)  # source width 2
+    for node_type in x_dict:
+        assert out[node_type].shape == (sizes[node_type], 4)
+        assert torch.allclose(out[node_type], expected[node_type])
+
+
+@pytest.mark.parametrize("edge_dim", [None, 2])
+@pytest.mark.parametrize("implementation", ["node", "edge"])
+def test_neighbor_loader_style_mini_batch(edge_dim, implementation):
+    # What a NeighborLoader batch gives a layer (the loader itself needs pyg-lib): the seed
+    # nodes first, their sampled neighbours after, the edges and their edge_attr sliced.
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(4, 3, rank=2, edge_dim=edge_dim))
+    conv.implementation = implementation
+    x, edge_index = torch.randn(12, 4), _random_graph(12, 12, 40)
+    edge_attr = None if edge_dim is None else torch.randn(40, 2)
+    full = conv(x, edge_index, edge_attr)
+
+    seeds = torch.tensor([7, 2, 9])
+    e_id = torch.isin(edge_index[1], seeds).nonzero().view(-1)  # all neighbours sampled
+    others = edge_index[0, e_id][~torch.isin(edge_index[0, e_id], seeds)].unique()
+    n_id = torch.cat([seeds, others])
+    relabel = torch.full((12,), -1).index_put_((n_id,), torch.arange(n_id.numel()))
+    sub_edges = relabel[edge_index[:, e_id]]
+    sub_attr = None if edge_attr is None else edge_attr[e_id]
+    x_sub = x[n_id]
+    out = conv((x_sub, x_sub[: seeds.numel()]), sub_edges, sub_attr, size=(n_id.numel(), 3))
+    assert torch.allclose(out, full[seeds], atol=1e-6)
+
+
+def test_explainer_masks_only_edges_of_the_explained_node():
+    from torch_geometric.explain import Explainer, GNNExplainer
+
+    torch.manual_seed(0)
+    conv = _randomise(LightweightECC(4, 3, rank=2))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x, edge_index):
+            return self.conv(x, edge_index)
+
+    x, edge_index = torch.randn(10, 4), _random_graph(10, 10, 30)
+    explainer = Explainer(
+        Net(),
+        algorithm=GNNExplainer(epochs=5),
+        explanation_type="model",
+        edge_mask_type="object",
+        model_config=dict(mode="regression", task_level="node", return_type="raw"),
+    )
+    node = int(edge_index[1, 0])
+    explanation = explainer(x, edge_index, index=node)
+    assert explanation.edge_mask.shape == (30,)
+    into_node = edge_index[1] == node
+    assert bool((explanation.edge_mask[~into_node] == 0).all())
+    assert bool((explanation.edge_mask[into_node] > 0).all())
+    assert not conv.explain  # the explain path is switched off again

@@ -7,9 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Parameter
+from torch.nn import Parameter, UninitializedParameter
 from torch_geometric import EdgeIndex, is_debug_enabled
 from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.dense.linear import is_uninitialized_parameter
 from torch_geometric.nn.inits import zeros
 from torch_geometric.typing import Adj, OptPairTensor, OptTensor, PairTensor, Size
 from torch_geometric.utils import is_sparse, to_edge_index
@@ -21,6 +22,17 @@ _IMPLEMENTATIONS = ("node", "edge")
 # Aggregations that are linear in the messages: the node-level rewrite is exact for them.
 _LINEAR_AGGRS = ("mean", "add", "sum")
 _LEAKY_SLOPE = 0.2
+# Parameters whose shapes depend on the input width (all but the output bias).
+_FILTER_PARAMETERS = (
+    "lin0_weight",
+    "lin0_bias",
+    "psi_weight",
+    "psi_bias",
+    "phi_weight",
+    "phi_bias",
+    "omega_weight",
+    "omega_bias",
+)
 
 
 def _circulant_strides(
@@ -45,6 +57,25 @@ def _circulant_strides(
                 f"that divides {name}_channels={width}"
             )
     return strides  # type: ignore[return-value]
+
+
+def _in_channels_pair(in_channels: int | tuple[int, int], edge_dim: int | None) -> tuple[int, int]:
+    # (source, target) widths, each a positive integer or -1 (lazy, PyG's convention).
+    pair = in_channels if isinstance(in_channels, tuple) else (in_channels, in_channels)
+    if len(pair) != 2 or not all(
+        isinstance(c, int) and not isinstance(c, bool) and (c >= 1 or c == -1) for c in pair
+    ):
+        raise ValueError(
+            f"'in_channels' must be a positive integer, -1 (lazy) or a pair of them, "
+            f"got {in_channels!r}"
+        )
+    if edge_dim is None and min(pair) > 0 and pair[0] != pair[1]:
+        raise ValueError(
+            f"'in_channels' {in_channels!r}: source and target widths differ, but without "
+            f"'edge_dim' the filter network reads x_j - x_i, which needs one width (or set "
+            f"edge_dim to condition on edge features)"
+        )
+    return pair
 
 
 def _csr_by_target(edge_index: Tensor, num_dst: int) -> tuple[Tensor, Tensor]:
@@ -142,8 +173,13 @@ class LightweightECC(MessagePassing):
     (:meth:`~torch_geometric.EdgeIndex.validate`).
 
     Args:
-        in_channels (int): Size of each input sample :math:`F_{in}` (source and target
-            nodes share it, as the label :math:`\mathbf{x}_j - \mathbf{x}_i` needs both).
+        in_channels (int or tuple): Size of each input sample :math:`F_{in}`, or :obj:`-1`
+            to derive it from the first input (lazy initialisation). Without
+            :obj:`edge_dim`, source and target nodes share it (the label
+            :math:`\mathbf{x}_j - \mathbf{x}_i` needs both); with :obj:`edge_dim`, a tuple
+            sets the source and target sizes separately (bipartite graphs, heterogeneous
+            graphs with :func:`~torch_geometric.nn.to_hetero`), and only the source features
+            enter the layer.
         out_channels (int): Size of each output sample :math:`F_{out}`.
         rank (int, optional): Maximum rank :math:`r` of the per-edge weight matrix.
             (default: :obj:`11`)
@@ -202,7 +238,7 @@ class LightweightECC(MessagePassing):
 
     def __init__(
         self,
-        in_channels: int,
+        in_channels: int | tuple[int, int],
         out_channels: int,
         rank: int = 11,
         delta: float = 10.0,
@@ -216,9 +252,9 @@ class LightweightECC(MessagePassing):
         **kwargs,
     ) -> None:
         super().__init__(aggr=aggr, **kwargs)
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"'{name}' must be a positive integer, got {value!r}")
+        in_src, in_dst = _in_channels_pair(in_channels, edge_dim)
+        if not isinstance(out_channels, int) or out_channels < 1:
+            raise ValueError(f"'out_channels' must be a positive integer, got {out_channels!r}")
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"'rank' must be an integer >= 1, got {rank!r}")
         if not delta > 0:
@@ -247,24 +283,72 @@ class LightweightECC(MessagePassing):
         self.implementation = implementation
         self.edge_dim = edge_dim
         self.attention = bool(attention)
-        self._strides = _circulant_strides(circulant_stride, in_channels, out_channels)
+        # Widths of the source and target features; -1 until the first forward (lazy).
+        self._in_src, self._in_dst = in_src, in_dst
 
-        Fh = hidden_channels or in_channels
-        s_in, s_out = self._strides
-        self.lin0_weight = Parameter(torch.empty(Fh, edge_dim or in_channels))
-        self.lin0_bias = Parameter(torch.empty(Fh))
-        # Second layer of the filter network: one dense block per output, replicated by rolls.
-        self.psi_weight = Parameter(torch.empty(Fh, rank, s_in))
-        self.psi_bias = Parameter(torch.empty(rank, in_channels))
-        self.phi_weight = Parameter(torch.empty(Fh, rank, s_out))
-        self.phi_bias = Parameter(torch.empty(rank, out_channels))
-        self.omega_weight = Parameter(torch.empty(rank, Fh))
-        self.omega_bias = Parameter(torch.empty(rank))
+        for name in _FILTER_PARAMETERS:
+            # Every filter weight depends on F_in (directly or through F_h = F_in).
+            setattr(self, name, UninitializedParameter())
+        if in_src > 0:
+            self._materialize(in_src)
+        else:
+            self._lazy_hook = self.register_forward_pre_hook(self._initialize_lazy)
+        self.register_load_state_dict_pre_hook(self._materialize_from_state)
         if bias:
             self.bias = Parameter(torch.empty(out_channels))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+
+    def _parameter_shapes(self, in_src: int) -> dict[str, tuple[int, ...]]:
+        Fh, r = self.hidden_channels or in_src, self.rank
+        s_in, s_out = _circulant_strides(self.circulant_stride, in_src, self.out_channels)
+        return {
+            "lin0_weight": (Fh, self.edge_dim or in_src),
+            "lin0_bias": (Fh,),
+            # Second layer of the filter network: one dense block per output, replicated
+            # by rolls.
+            "psi_weight": (Fh, r, s_in),
+            "psi_bias": (r, in_src),
+            "phi_weight": (Fh, r, s_out),
+            "phi_bias": (r, self.out_channels),
+            "omega_weight": (r, Fh),
+            "omega_bias": (r,),
+        }
+
+    @torch.no_grad()
+    def _materialize(self, in_src: int) -> None:
+        shapes = self._parameter_shapes(in_src)  # validates the strides against in_src
+        for name, shape in shapes.items():
+            param = getattr(self, name)
+            if is_uninitialized_parameter(param):
+                param.materialize(shape)
+        self._in_src = in_src
+        self._in_dst = self._in_dst if self._in_dst > 0 or self.edge_dim else in_src
+        self._strides = (shapes["psi_weight"][-1], shapes["phi_weight"][-1])
+
+    @torch.no_grad()
+    def _initialize_lazy(self, module: torch.nn.Module, inputs: tuple) -> None:
+        # PyG's lazy convention (in_channels=-1): the widths come from the first input.
+        x = inputs[0]
+        x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
+        if not isinstance(x_src, Tensor):
+            return  # forward names the problem
+        if any(is_uninitialized_parameter(getattr(self, n)) for n in _FILTER_PARAMETERS):
+            self._materialize(x_src.size(-1))
+            self.reset_parameters()
+        if self._in_dst < 0 and x_dst is not None:
+            self._in_dst = x_dst.size(-1)
+        self._lazy_hook.remove()
+        del self._lazy_hook
+
+    def _materialize_from_state(
+        self, module: torch.nn.Module, state_dict: dict, prefix: str, *args
+    ) -> None:
+        # Loading trained weights into a lazy layer: their shapes give the widths.
+        psi_bias = state_dict.get(prefix + "psi_bias")
+        if self._in_src < 0 and isinstance(psi_bias, Tensor) and psi_bias.dim() == 2:
+            self._materialize(psi_bias.size(1))
 
     def reset_parameters(self) -> None:
         r"""Resets all learnable parameters (initialisation of the authors' reference code:
@@ -272,12 +356,15 @@ class LightweightECC(MessagePassing):
         :math:`1 / \sqrt{F_h F_{in}}`, :math:`\omega` layer with :math:`1/\sqrt{r}`, zero
         biases)."""
         super().reset_parameters()
+        zeros(self.bias)
+        if self._in_src < 0:
+            return  # lazy: the filter network is initialised at the first forward
         torch.nn.init.xavier_normal_(self.lin0_weight)
-        std = 1.0 / math.sqrt(self.lin0_weight.size(0) * self.in_channels)
+        std = 1.0 / math.sqrt(self.lin0_weight.size(0) * self._in_src)
         torch.nn.init.normal_(self.psi_weight, std=std)
         torch.nn.init.normal_(self.phi_weight, std=std)
         torch.nn.init.normal_(self.omega_weight, std=1.0 / math.sqrt(self.rank))
-        for b in (self.lin0_bias, self.psi_bias, self.phi_bias, self.omega_bias, self.bias):
+        for b in (self.lin0_bias, self.psi_bias, self.phi_bias, self.omega_bias):
             zeros(b)
 
     def forward(
@@ -333,7 +420,7 @@ class LightweightECC(MessagePassing):
     def message(self, x_i: Tensor, x_j: Tensor, edge_attr: OptTensor) -> Tensor:
         label = x_j - x_i if self.edge_dim is None or edge_attr is None else edge_attr
         z = self._hidden(label)
-        psi = self._circulant_rows(z, self.psi_weight, self.in_channels) + self.psi_bias
+        psi = self._circulant_rows(z, self.psi_weight, self._in_src) + self.psi_bias
         phi = self._circulant_rows(z, self.phi_weight, self.out_channels) + self.phi_bias
         omega = F.linear(z, self.omega_weight, self.omega_bias)  # (E, r)
         coeff = omega * torch.einsum("etf,ef->et", psi, x_j)
@@ -373,7 +460,7 @@ class LightweightECC(MessagePassing):
     def _source_terms(self, x_src: Tensor) -> tuple[Tensor, Tensor]:
         # Psi x_j = A1(z) x_j + B1 x_j: V_j = A1 x_j as (N_src, r, F_h) and c_j = B1 x_j.
         r, Fh = self.rank, self.lin0_weight.size(0)
-        A1 = self._circulant_matrix(self.psi_weight, self.in_channels)
+        A1 = self._circulant_matrix(self.psi_weight, self._in_src)
         V = (x_src @ A1).view(x_src.size(0), r, Fh)  # explicit rows: 0 nodes is valid
         return V, F.linear(x_src, self.psi_bias)
 
@@ -484,11 +571,14 @@ class LightweightECC(MessagePassing):
                 f"NeighborLoader batches, x_dst = x_src[:num_targets]), or condition on "
                 f"edge features with edge_dim"
             )
-        for role, feats in zip(("source", "target"), x, strict=True):
-            if feats is not None and (feats.dim() != 2 or feats.size(-1) != self.in_channels):
+        widths = (self._in_src, self._in_dst)
+        for role, feats, width in zip(("source", "target"), x, widths, strict=True):
+            if feats is None:
+                continue
+            if feats.dim() != 2 or (width > 0 and feats.size(-1) != width):
                 raise ValueError(
                     f"{name} expects {role} node features of shape "
-                    f"(num_nodes, {self.in_channels}), got {tuple(feats.shape)}"
+                    f"(num_nodes, {width if width > 0 else 'F'}), got {tuple(feats.shape)}"
                 )
 
     def _num_nodes(self, x: OptPairTensor, size: Size) -> tuple[int, int]:

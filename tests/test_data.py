@@ -1,12 +1,19 @@
 """Tests of pyg_lecc.data on small synthetic images (plus one optional real-data check)."""
 
+import errno
+import gc
+import os
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 import torch
+from PIL import Image
 
 from pyg_lecc.data import (
     ImagePair,
@@ -19,6 +26,8 @@ from pyg_lecc.data import (
     read_image,
     read_nir,
     read_rgb,
+    refuse_existing_outputs,
+    write_file_atomic,
     write_rgb_png,
 )
 
@@ -159,6 +168,78 @@ def test_read_rgb_rejects_grey(tmp_path):
         read_rgb(path)
 
 
+def _png16(path: Path, rgb16: np.ndarray) -> Path:
+    """A 16-bit RGB PNG written from the specification (Pillow cannot write one)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    h, w, _ = rgb16.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in rgb16)  # filter 0: none
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, colour type 2: RGB
+    png = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+    return path
+
+
+def test_read_image_16bit_rgb_png_is_refused_not_truncated(tmp_path):
+    rgb16 = _rng().integers(0, 65536, size=(4, 5, 3), dtype=np.uint16)
+    tif = tmp_path / "c16.tif"
+    tifffile.imwrite(tif, rgb16, photometric="rgb")
+    np.testing.assert_array_equal(read_image(tif), rgb16.astype(np.float32) / np.float32(65535))
+    png = _png16(tmp_path / "c16.png", rgb16)
+    # The same data as PNG: Pillow decodes it, but keeps only the high byte of each value.
+    with Image.open(png) as im:
+        np.testing.assert_array_equal(np.asarray(im), (rgb16 >> 8).astype(np.uint8))
+    with pytest.raises(ImageReadError, match=re.escape(str(png)) + ".*16-bit colour"):
+        read_image(png)
+
+
+@pytest.mark.parametrize("ink", ["cmy", "k"])
+def test_read_nir_converts_cmyk_jpeg(ink, tmp_path):
+    grey = np.tile(np.linspace(20, 235, 32).round().astype(np.uint8), (32, 1))
+    cmyk = np.zeros((32, 32, 4), np.uint8)
+    if ink == "cmy":  # grey as equal C, M and Y
+        cmyk[..., :3] = 255 - grey[..., None]
+    else:  # grey as black ink only
+        cmyk[..., 3] = 255 - grey
+    path = tmp_path / "scene_nir.jpg"
+    Image.fromarray(cmyk, mode="CMYK").save(path, quality=100)
+    with Image.open(path) as im:
+        assert im.mode == "CMYK"
+        c, m, y, k = np.moveaxis(np.asarray(im).astype(np.float64), -1, 0)
+    # Grey from the decoded inks: (1 - ink) * (1 - black) per channel, all channels equal.
+    expected = (255 - c) * (255 - k) / 255**2
+    assert np.array_equal(c, m) and np.array_equal(c, y)
+    nir = read_nir(path)
+    np.testing.assert_allclose(nir, expected, atol=1 / 255)
+    assert np.corrcoef(nir.ravel(), grey.ravel())[0, 1] > 0.99  # not inverted
+
+
+@pytest.mark.parametrize("photometric", ["separated", "miniswhite", "palette"])
+def test_read_image_refuses_tiffs_in_other_colour_spaces(photometric, tmp_path):
+    path = tmp_path / f"{photometric}.tif"
+    if photometric == "separated":  # CMYK
+        tifffile.imwrite(path, _colour(8, 8).repeat(2, axis=-1)[..., :4], photometric=photometric)
+    elif photometric == "palette":
+        colormap = _rng().integers(0, 65536, size=(3, 256), dtype=np.uint16)
+        tifffile.imwrite(path, _grey(8, 8), photometric=photometric, colormap=colormap)
+    else:  # grey stored with white as zero
+        tifffile.imwrite(path, _grey(8, 8), photometric=photometric)
+    with pytest.raises(ImageReadError, match=re.escape(str(path)) + f".*{photometric.upper()}"):
+        read_image(path)
+
+
+def test_read_image_truncated_webp_says_damaged(tmp_path):
+    path = tmp_path / "scene.webp"
+    iio.imwrite(path, _colour(32, 32), extension=".webp", lossless=True)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageReadError, match=re.escape(str(path)) + ".* damaged") as info:
+        read_image(path)
+    assert "initializing plugin" not in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # write_rgb_png
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +274,63 @@ def test_write_rgb_png_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         write_rgb_png(tmp_path / "c.png", np.full((4, 4, 3), np.nan))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_rgb_png_does_not_replace_a_file_created_meanwhile(tmp_path, monkeypatch):
+    path = tmp_path / "out.png"
+    encode = iio.imwrite
+
+    def other_run_first(*args, **kwargs):  # another process writes path while we encode
+        path.write_bytes(b"other run")
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(iio, "imwrite", other_run_first)
+    with pytest.raises(FileExistsError, match=re.escape(str(path))):
+        write_rgb_png(path, np.zeros((4, 4, 3)))
+    assert path.read_bytes() == b"other run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    write_rgb_png(path, np.ones((4, 4, 3)), overwrite=True)
+    assert (iio.imread(path) == 255).all()
+
+
+def test_write_file_atomic_without_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted", str(src))
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "result.json"
+    write_file_atomic(path, b"first")
+    with pytest.raises(FileExistsError, match=re.escape(str(path))):
+        write_file_atomic(path, b"second")
+    assert path.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_write_rgb_png_on_a_full_disk(tmp_path, full_disk):
+    out = tmp_path / "out"
+    out.mkdir()
+    unraisable = full_disk(out)
+    with pytest.raises(OSError, match="No space left") as info:
+        write_rgb_png(out / "a.png", np.zeros((4, 4, 3)))
+    error = info.value.errno, info.value.filename
+    del info  # its traceback keeps the failed writer alive: release it, run its __del__
+    gc.collect()
+    assert unraisable == []
+    assert error == (errno.ENOSPC, str(out / "a.png"))
+    assert list(out.iterdir()) == []
+
+
+def test_refuse_existing_outputs(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder.png").mkdir()
+    refuse_existing_outputs([tmp_path / "new" / "a.png"])
+    with pytest.raises(NotADirectoryError, match=r"file[/\\]sub[/\\]a\.png: .*file is a file"):
+        refuse_existing_outputs([tmp_path / "file" / "sub" / "a.png"])
+    with pytest.raises(IsADirectoryError, match=r"folder\.png: it is a folder"):
+        refuse_existing_outputs([tmp_path / "folder.png"], overwrite=True)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        refuse_existing_outputs([tmp_path / "file"])
+    refuse_existing_outputs([tmp_path / "file"], overwrite=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """Tests of data packs (pyg_lecc.data.pack_dataset and the pack-data command)."""
 
 import json
+import re
+import shutil
+import warnings
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from test_training import _make_data
+import tifffile
+from test_data import _png16
+from test_training import _make_data, _write_split
 
 from pyg_lecc.cli import main
 from pyg_lecc.data import (
@@ -44,8 +49,6 @@ def test_pack_decodes_to_the_original_pixels(source, pack, split):
 
 
 def test_a_damaged_pack_image_is_detected(source, pack, tmp_path):
-    import shutil
-
     copy = tmp_path / "pack"
     shutil.copytree(pack, copy)
     pair = find_pairs(copy, "train")[1]
@@ -57,8 +60,6 @@ def test_a_damaged_pack_image_is_detected(source, pack, tmp_path):
 
 
 def test_a_pack_file_missing_from_the_manifest_is_refused(pack, tmp_path):
-    import shutil
-
     copy = tmp_path / "pack"
     shutil.copytree(pack, copy)
     manifest = json.loads((copy / PACK_MANIFEST).read_text())
@@ -86,3 +87,110 @@ def test_pack_data_command(source, tmp_path, capsys):
     assert "packed 3 train, 2 validation pairs" in capsys.readouterr().out
     assert main(["pack-data", "--data", str(source), "--out", str(tmp_path / "p")]) == 2
     assert "pyg-lecc: error:" in capsys.readouterr().err
+
+
+def test_a_truncated_pack_image_is_named_as_damaged(pack, tmp_path):
+    copy = tmp_path / "pack"
+    shutil.copytree(pack, copy)
+    pair = find_pairs(copy, "train")[0]
+    pair.nir_path.write_bytes(pair.nir_path.read_bytes()[:100])
+    with pytest.raises(ImageReadError, match=re.escape(str(pair.nir_path)) + ".* damaged"):
+        load_pair(pair)
+
+
+def test_a_pack_with_a_pair_deleted_is_refused(pack, tmp_path):
+    copy = tmp_path / "pack"
+    shutil.copytree(pack, copy)
+    for kind in ("nir", "rgb"):
+        (copy / "train" / kind / "img1.webp").unlink()
+    assert len(find_pairs(copy / "train")) == 2  # the folder alone still pairs
+    for split in ("train", "validation"):
+        with pytest.raises(PairingError, match=r"incomplete: 2 files .*missing "):
+            find_pairs(copy, split)
+    with pytest.raises(PairingError, match=r"train/nir/img1\.webp, train/rgb/img1\.webp"):
+        find_pairs(copy, "train")
+
+
+def test_a_pack_without_its_manifest_warns(source, pack, tmp_path):
+    copy = tmp_path / "pack"
+    shutil.copytree(pack, copy)
+    (copy / PACK_MANIFEST).unlink()
+    with pytest.warns(UserWarning, match=f"looks like a data pack .* no manifest {PACK_MANIFEST}"):
+        pairs = find_pairs(copy, "train")
+    assert [p.name for p in pairs] == ["img0", "img1", "img2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        find_pairs(source, "train")  # PNG data: nothing to warn about
+
+
+@pytest.mark.parametrize("failure", ["16_bit_last_pair", "size_mismatch", "interrupted"])
+def test_a_failed_pack_leaves_nothing_behind(failure, tmp_path, monkeypatch):
+    source = _make_data(tmp_path / "source")
+    packs = tmp_path / "packs"
+    packs.mkdir()
+    if failure == "interrupted":
+        encode, calls = iio.imwrite, []
+
+        def interrupt_fourth_image(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return encode(*args, **kwargs)
+
+        monkeypatch.setattr(iio, "imwrite", interrupt_fourth_image)
+        expected = KeyboardInterrupt
+    else:
+        broken = source / (
+            "train/nir/img2.png" if failure == "16_bit_last_pair" else "validation/rgb/img1.png"
+        )
+        original = broken.read_bytes()
+        if failure == "16_bit_last_pair":
+            iio.imwrite(broken, iio.imread(broken).astype(np.uint16) * 257)
+        else:
+            iio.imwrite(broken, np.zeros((20, 20, 3), np.uint8))
+        expected = ImageReadError if failure == "16_bit_last_pair" else PairingError
+    with pytest.raises(expected):
+        pack_dataset(source, packs / "pack")
+    assert list(packs.iterdir()) == []  # no pack, no temporary folder
+
+    if failure == "interrupted":
+        monkeypatch.undo()
+    else:
+        broken.write_bytes(original)
+    assert pack_dataset(source, packs / "pack")["pairs"] == {"train": 3, "validation": 2}
+    assert sorted(p.name for p in packs.iterdir()) == ["pack"]
+
+
+@pytest.mark.parametrize("where", ["subfolder", "itself", "dotdot", "symlink"])
+def test_pack_refuses_an_output_inside_its_source(where, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    _write_split(plain, 2, seed=0, easy=False)  # plain/nir + plain/rgb
+    before = sorted(plain.rglob("*"))
+    out = {
+        "subfolder": plain / "train",
+        "itself": plain,
+        "dotdot": tmp_path / "elsewhere" / ".." / "plain" / "nir" / "pack",
+        "symlink": tmp_path / "link" / "train",
+    }[where]
+    (tmp_path / "link").symlink_to(plain, target_is_directory=True)
+    with pytest.raises(ValueError, match="inside the data set folder"):
+        pack_dataset(plain, out)
+    assert main(["pack-data", "--data", str(plain), "--out", str(out)]) == 2
+    assert "inside the data set folder" in capsys.readouterr().err
+    assert sorted(plain.rglob("*")) == before
+
+
+@pytest.mark.parametrize("image", ["rgb_png_16", "rgb_tiff_16"])
+def test_pack_refuses_16_bit_colour_images(image, tmp_path):
+    deep = _make_data(tmp_path / "deep", validation=False)
+    png = deep / "train" / "rgb" / "img1.png"
+    rgb16 = iio.imread(png).astype(np.uint16) * 257
+    png.unlink()
+    if image == "rgb_png_16":
+        path = _png16(png, rgb16)
+    else:
+        path = png.with_suffix(".tif")
+        tifffile.imwrite(path, rgb16, photometric="rgb")
+    with pytest.raises(ImageReadError, match=re.escape(str(path))):
+        pack_dataset(deep, tmp_path / "pack16")
+    assert not (tmp_path / "pack16").exists()

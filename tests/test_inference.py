@@ -233,6 +233,18 @@ def test_colorize_file_refuses_overwrite(tmp_path, cnn):
         colorize_file(cnn, tmp_path / "missing.png", tmp_path / "x.png")
 
 
+def test_colorize_file_checks_the_output_folder_before_the_model_runs(tmp_path, cnn):
+    src = tmp_path / "a.png"
+    iio.imwrite(src, (smooth_nir(12, 12) * 255).astype(np.uint8))
+    blocker = tmp_path / "out"
+    blocker.write_bytes(b"a file")
+    spy = ForwardSpy(cnn)
+    with pytest.raises(NotADirectoryError, match=f"{blocker} is a file, not a folder"):
+        colorize_file(spy, src, blocker / "a.png", overwrite=True)
+    assert spy.calls == []
+    assert blocker.read_bytes() == b"a file"
+
+
 @pytest.mark.parametrize("route", ["same_path", "symlink", "dotdot"])
 def test_colorize_file_never_writes_over_its_input(route, tmp_path, cnn):
     src = tmp_path / "scene.png"

@@ -19,14 +19,19 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import uuid
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
+import tifffile
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
@@ -43,6 +48,8 @@ __all__ = [
     "read_image",
     "read_nir",
     "read_rgb",
+    "refuse_existing_outputs",
+    "write_file_atomic",
     "write_rgb_png",
 ]
 
@@ -72,11 +79,12 @@ class PairingError(ValueError):
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a PNG, JPEG or TIFF image as ``float32`` in ``[0, 1]``.
+    """Read a PNG, JPEG, TIFF or WebP image as ``float32`` in ``[0, 1]``.
 
     8-bit images are divided by 255, 16-bit images by 65535; floating-point images are passed
     through after checking that they are finite and within ``[0, 1]``. An alpha channel is
-    dropped (grey+alpha becomes grey, RGBA becomes RGB).
+    dropped (grey+alpha becomes grey, RGBA becomes RGB). CMYK and YCbCr JPEGs and palette
+    images are converted to RGB by Pillow; TIFFs must be grey (black is zero) or RGB.
 
     Args:
         path: Image file.
@@ -85,8 +93,10 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         ``float32`` array of shape ``(H, W)`` for grey images or ``(H, W, 3)`` for colour ones.
 
     Raises:
-        ImageReadError: The file is missing or a directory, unreadable, truncated, not an
-            image, has an unsupported dtype or shape, or holds float values outside ``[0, 1]``.
+        ImageReadError: The file is missing or a directory, unreadable, damaged, not an
+            image, a 16-bit colour PNG (which Pillow would read at 8 bits: use TIFF), a TIFF
+            in another colour space, has an unsupported dtype or shape, or holds float values
+            outside ``[0, 1]``.
 
     Example:
         >>> img = read_image("photo.png")  # doctest: +SKIP
@@ -94,20 +104,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         (dtype('float32'), True, True)
     """
     path = Path(path)
-    if path.is_dir():
-        raise ImageReadError(f"{path} is a directory, not an image file")
-    if not path.is_file():
-        raise ImageReadError(f"image file not found: {path}")
-    # A fixed plugin instead of imageio's trial of every backend: same result for valid files,
-    # but no misleading "install pyav" hints or plugin deprecation warnings for broken ones.
-    plugin = "tifffile" if path.suffix.lower() in (".tif", ".tiff") else "pillow"
-    try:
-        raw = np.asarray(iio.imread(path, plugin=plugin))
-    except Exception as err:  # imageio/PIL raise OSError, ValueError, SyntaxError, ...
-        raise ImageReadError(
-            f"cannot read image {path} (not a valid, complete image file): {err}"
-        ) from err
-
+    raw = _decode(path)
     if raw.dtype == np.uint8:
         img = raw.astype(np.float32) / np.float32(255)
     elif raw.dtype == np.uint16:
@@ -135,6 +132,71 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             "image)"
         )
     return np.ascontiguousarray(img)
+
+
+def _decode(path: Path) -> np.ndarray:
+    """The pixels of an image file as stored (``uint8``, ``uint16``, float, ...)."""
+    if path.is_dir():
+        raise ImageReadError(f"{path} is a directory, not an image file")
+    if not path.is_file():
+        raise ImageReadError(f"image file not found: {path}")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return _decode_tiff(path)
+        return _decode_pillow(path)
+    except ImageReadError:
+        raise
+    except Exception as err:  # PIL and tifffile raise OSError, ValueError, SyntaxError, ...
+        raise ImageReadError(
+            f"cannot read image {path}: the file is damaged, truncated or not an image "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# IHDR bit depth 16 with colour type 2 (RGB), 4 (grey + alpha) or 6 (RGBA).
+_PNG_16BIT_COLOUR = (b"\x10\x02", b"\x10\x04", b"\x10\x06")
+
+# Modes whose stored channels are not grey or RGB: Pillow converts them (C, M, Y taken as
+# R, G, B would give an inverted image).
+_PILLOW_CONVERSIONS = {
+    "1": "L",
+    "PA": "RGBA",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+}
+
+
+def _decode_pillow(path: Path) -> np.ndarray:
+    with path.open("rb") as f:
+        header = f.read(26)
+    # Pillow keeps only the high byte of 16-bit colour PNGs: refuse rather than lose bits.
+    if header[:8] == _PNG_SIGNATURE and header[24:26] in _PNG_16BIT_COLOUR:
+        raise ImageReadError(
+            f"{path} is a 16-bit colour or grey+alpha PNG, which cannot be read exactly: save "
+            "it as a 16-bit TIFF (or a 16-bit greyscale PNG without alpha for NIR)"
+        )
+    with Image.open(path) as im:  # the first frame of an animation or an MPO JPEG
+        if im.mode == "P":
+            return np.asarray(im.convert(im.palette.mode))
+        if im.mode in _PILLOW_CONVERSIONS:
+            return np.asarray(im.convert(_PILLOW_CONVERSIONS[im.mode]))
+        return np.asarray(im)
+
+
+def _decode_tiff(path: Path) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        photometric = tif.pages[0].photometric
+        # Other interpretations (white is zero, palette indices, CMYK, Lab) would be read as
+        # grey or RGB values and give a wrong image.
+        if photometric not in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
+            raise ImageReadError(
+                f"{path} stores its pixels as {photometric.name}, not as grey (black is zero) "
+                "or RGB: convert it to a greyscale or RGB TIFF"
+            )
+        return tif.asarray()
 
 
 def read_nir(path: str | os.PathLike[str]) -> np.ndarray:
@@ -191,9 +253,10 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
 def write_rgb_png(path: str | os.PathLike[str], rgb: np.ndarray, overwrite: bool = False) -> None:
     """Write a float RGB image as an 8-bit PNG, atomically.
 
-    Values are clipped to ``[0, 1]`` and rounded to ``uint8``. The PNG is written to a temporary
-    file in the target folder and moved into place with :func:`os.replace`, so readers never
-    see a partial file. Missing parent folders are created.
+    Values are clipped to ``[0, 1]`` and rounded to ``uint8``. The PNG is encoded in memory
+    and written with :func:`write_file_atomic`: readers never see a partial file, and without
+    ``overwrite`` a file that another process created meanwhile is not replaced. Missing
+    parent folders are created.
 
     Args:
         path: Destination ``.png`` file.
@@ -202,6 +265,8 @@ def write_rgb_png(path: str | os.PathLike[str], rgb: np.ndarray, overwrite: bool
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false.
+        OSError: The file cannot be written (e.g. the disk is full; nothing is left behind), or
+            see :func:`refuse_existing_outputs`.
         ValueError: ``rgb`` is not a finite floating-point ``(H, W, 3)`` array.
 
     Example:
@@ -216,20 +281,97 @@ def write_rgb_png(path: str | os.PathLike[str], rgb: np.ndarray, overwrite: bool
         raise ValueError(f"expected a float array in [0, 1] to write {path}, got {rgb.dtype}")
     if not np.isfinite(rgb).all():
         raise ValueError(f"image to write to {path} contains NaN or infinite values")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-
+    refuse_existing_outputs([path], overwrite)
     data = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    # Encoded in memory: a failing disk then meets only our own file handling.
+    write_file_atomic(path, iio.imwrite("<bytes>", data, extension=".png"), overwrite)
+
+
+def write_file_atomic(path: str | os.PathLike[str], data: bytes, overwrite: bool = False) -> None:
+    """Write ``data`` to a new file ``path`` atomically and, without ``overwrite``, exclusively.
+
+    The bytes go to a temporary file in the same folder, which is then renamed over ``path``
+    (``overwrite``) or hard-linked to it, which fails if ``path`` exists, even if another
+    process created it a moment ago. Where the file system has no hard links, ``path`` is
+    created with ``O_EXCL`` instead. On any error nothing is left behind. Missing parent
+    folders are created.
+
+    Args:
+        path: Destination file.
+        data: File contents.
+        overwrite: Replace an existing file instead of raising.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        OSError: The file cannot be written; the error names ``path``.
+
+    Example:
+        >>> write_file_atomic("out/result.json", b"{}\\n")  # doctest: +SKIP
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique hidden name in the same folder (same file system, so os.replace is atomic);
+    # A unique hidden name in the same folder (same file system, so the rename is atomic);
     # not mkstemp, whose 0600 mode would stick to the final file.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        iio.imwrite(tmp, data, extension=".png")
-        os.replace(tmp, path)
-    except BaseException:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path, data)
+    except FileExistsError as err:
+        raise FileExistsError(_exists_message(path)) from err
+    except OSError as err:
+        # Name the destination, not the temporary file.
+        raise type(err)(err.errno, err.strerror, str(path)) from err
+    finally:
         tmp.unlink(missing_ok=True)
+
+
+def _link_new(tmp: Path, path: Path, data: bytes) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
         raise
+    except OSError:  # no hard links here (FAT, some network shares)
+        with open(path, "xb") as f:
+            try:
+                f.write(data)
+                f.flush()
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+
+
+def refuse_existing_outputs(outputs: Iterable[Path], overwrite: bool = False) -> None:
+    """Refuse, before any work, output files that could not be written.
+
+    Args:
+        outputs: Files about to be written.
+        overwrite: Whether existing files may be replaced.
+
+    Raises:
+        FileExistsError: An output exists and ``overwrite`` is false.
+        IsADirectoryError: An output is a folder.
+        NotADirectoryError: A folder on an output's path is a file (e.g. an output folder
+            argument that names an existing file).
+
+    Example:
+        >>> refuse_existing_outputs([Path("out/a.png")], overwrite=False)  # doctest: +SKIP
+    """
+    for path in outputs:
+        existing = next((p for p in path.parents if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise NotADirectoryError(f"cannot write {path}: {existing} is a file, not a folder")
+        if path.is_dir():
+            raise IsADirectoryError(f"cannot write {path}: it is a folder")
+        if path.exists() and not overwrite:
+            raise FileExistsError(_exists_message(path))
+
+
+def _exists_message(path: Path) -> str:
+    return f"{path} already exists (pass overwrite=True, or --overwrite, to replace it)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,9 +454,15 @@ def _match(
             )
     extra = sorted(str(rgb[name]) for name in rgb.keys() - nir.keys())
     if extra:
-        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        raise PairingError(f"RGB images without a NIR partner (looked in {nir_dir}): {shown}")
+        raise PairingError(
+            f"RGB images without a NIR partner (looked in {nir_dir}): {_first_few(extra)}"
+        )
     return [ImagePair(name, nir[name], rgb[name]) for name in sorted(nir)]
+
+
+def _first_few(names: list[str], count: int = 5) -> str:
+    more = f" and {len(names) - count} more" if len(names) > count else ""
+    return ", ".join(names[:count]) + more
 
 
 def _has_side_by_side(folder: Path) -> bool:
@@ -350,7 +498,12 @@ def find_pairs(root: str | os.PathLike[str], split: str = "train") -> list[Image
     Raises:
         ValueError: Unknown ``split``.
         PairingError: A folder is missing, no NIR image is found, a NIR image has no RGB
-            partner, an RGB image has no NIR partner, or two files share a name.
+            partner, an RGB image has no NIR partner, two files share a name, or a file
+            listed in a pack's manifest is missing or not listed there.
+
+    Warns:
+        UserWarning: ``root`` looks like a data pack (WebP images in the pack layout) but
+            has no manifest, so nothing can be checked.
 
     Example:
         >>> pairs = find_pairs("../shared/data/vcip2020", split="validation")  # doctest: +SKIP
@@ -366,7 +519,21 @@ def find_pairs(root: str | os.PathLike[str], split: str = "train") -> list[Image
         raise PairingError(f"data folder not found: {root}")
     pairs = _find_pairs(root, split)
     manifest = root / PACK_MANIFEST
-    return _with_checksums(root, pairs, manifest) if manifest.is_file() else pairs
+    if manifest.is_file():
+        return _with_checksums(root, pairs, manifest)
+    if all(_in_pack_layout(root, p.nir_path) and _in_pack_layout(root, p.rgb_path) for p in pairs):
+        warnings.warn(
+            f"{root} looks like a data pack (WebP images in train/ or validation/) but has no "
+            f"manifest {PACK_MANIFEST}: its images are read without checking them or their "
+            "number; write the pack again with pyg-lecc pack-data",
+            stacklevel=2,
+        )
+    return pairs
+
+
+def _in_pack_layout(root: Path, path: Path) -> bool:
+    # Where pack_dataset puts its images: <root>/<split>/<nir|rgb>/<name>.webp
+    return path.suffix == ".webp" and path.parent.parent.parent == root
 
 
 def _find_pairs(root: Path, split: str) -> list[ImagePair]:
@@ -460,6 +627,13 @@ def _with_checksums(root: Path, pairs: list[ImagePair], manifest: Path) -> list[
                 raise PairingError(f"{path} is not listed in the pack manifest {manifest}")
             sums.append(files[key])
         checked.append(dataclasses.replace(pair, checksums=(sums[0], sums[1])))
+    # A pair deleted whole leaves a pairable folder: only the manifest knows it existed.
+    missing = sorted(key for key in files if not (root / key).is_file())
+    if missing:
+        raise PairingError(
+            f"the data pack {root} is incomplete: {len(missing)} files listed in {manifest} are "
+            f"missing ({_first_few(missing)}); write the pack again with pyg-lecc pack-data"
+        )
     return checked
 
 
@@ -473,18 +647,23 @@ def pack_dataset(source: str | os.PathLike[str], out: str | os.PathLike[str]) ->
     WebP is about a fifth smaller than PNG on the VCIP 2020 data (compact enough to travel to
     a remote machine with the code).
 
+    The pack is built in a hidden temporary folder next to ``out`` and renamed to ``out``
+    only when it is complete and has been read back: a failed or interrupted run leaves no
+    partial pack behind (and ``out`` free for the next attempt).
+
     Args:
         source: A data set folder (any layout of :func:`find_pairs`) with 8-bit images; its
             ``"validation"`` split is packed if it has one.
-        out: New folder for the pack (must not exist, or be empty).
+        out: New folder for the pack (must not exist, or be empty), outside ``source``.
 
     Returns:
         ``{"pairs": {split: count}, "bytes": total size of the pack, "source_bytes": size of
         the source images}``.
 
     Raises:
-        FileExistsError: ``out`` exists and is not empty.
-        PairingError: The source cannot be paired.
+        FileExistsError: ``out`` exists and is not an empty folder.
+        ValueError: ``out`` is ``source`` or inside it (after resolving links and ``..``).
+        PairingError: The source cannot be paired, or a pair's images differ in size.
         ImageReadError: A source image is unreadable or not 8-bit.
 
     Example:
@@ -492,6 +671,12 @@ def pack_dataset(source: str | os.PathLike[str], out: str | os.PathLike[str]) ->
         {'pairs': {'train': 372, 'validation': 18}, 'bytes': ..., 'source_bytes': ...}
     """
     source, out = Path(source), Path(out)
+    # A pack inside its source would be found as part of the data set (and change it).
+    if out.resolve().is_relative_to(source.resolve()):
+        raise ValueError(
+            f"the pack folder {out} is inside the data set folder {source}: choose a folder "
+            "outside it"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not an empty folder")
     splits = {"train": find_pairs(source, "train")}
@@ -500,37 +685,53 @@ def pack_dataset(source: str | os.PathLike[str], out: str | os.PathLike[str]) ->
     except PairingError as err:
         if "not found" not in str(err):
             raise
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        result = _write_pack(source, splits, tmp)
+        if out.is_dir():
+            out.rmdir()  # the empty folder the pack takes the place of
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def _write_pack(source: Path, splits: dict[str, list[ImagePair]], out: Path) -> dict[str, Any]:
     files: dict[str, str] = {}
-    counts, size, source_size = {}, 0, 0
+    size = source_size = 0
     for split, pairs in splits.items():
         for pair in pairs:
-            for kind, path, reader in (
-                ("nir", pair.nir_path, read_nir),
-                ("rgb", pair.rgb_path, read_rgb),
-            ):
-                img = reader(path)
-                raw = np.asarray(iio.imread(path, plugin="pillow"))
-                if raw.dtype != np.uint8:
-                    raise ImageReadError(
-                        f"{path} is {raw.dtype}: data packs hold 8-bit images only"
-                    )
-                target = out / split / kind / f"{pair.name}.webp"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                pixels = np.round(img * 255.0).astype(np.uint8)
-                if pixels.ndim == 2:  # WebP has no grey mode
-                    pixels = np.repeat(pixels[..., None], 3, axis=-1)
-                iio.imwrite(target, pixels, plugin="pillow", extension=".webp", lossless=True)
-                files[target.relative_to(out).as_posix()] = _array_sha256(img)
-                size += target.stat().st_size
+            paths = (pair.nir_path, pair.rgb_path)
+            for path in paths:
+                dtype = _decode(path).dtype
+                if dtype != np.uint8:
+                    raise ImageReadError(f"{path} is {dtype}: data packs hold 8-bit images only")
+            for kind, path, img in zip(("nir", "rgb"), paths, load_pair(pair), strict=True):
+                key = f"{split}/{kind}/{pair.name}.webp"
+                size += _write_webp(out / key, img)
+                files[key] = _array_sha256(img)
                 source_size += path.stat().st_size
-        counts[split] = len(pairs)
     manifest = {"format": _PACK_FORMAT, "source": str(source.resolve()), "files": files}
     (out / PACK_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    # Read everything back once: a pack that does not decode exactly is never left behind.
+    # Read everything back once: a pack that does not decode exactly is never moved into place.
     for split in splits:
         for pair in find_pairs(out, split):
             load_pair(pair)
+    counts = {split: len(pairs) for split, pairs in splits.items()}
     return {"pairs": counts, "bytes": size, "source_bytes": source_size}
+
+
+def _write_webp(path: Path, img: np.ndarray) -> int:
+    """Write an image in ``[0, 1]`` as 8-bit lossless WebP; returns the size of the file."""
+    pixels = np.round(img * 255.0).astype(np.uint8)
+    if pixels.ndim == 2:  # WebP has no grey mode
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    data = iio.imwrite("<bytes>", pixels, plugin="pillow", extension=".webp", lossless=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return len(data)
 
 
 # --------------------------------------------------------------------------------------------

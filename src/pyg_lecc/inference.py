@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pyg_lecc.data import ImagePair, find_pairs, read_nir, write_rgb_png
+from pyg_lecc.data import (
+    ImagePair,
+    find_pairs,
+    read_nir,
+    refuse_existing_outputs,
+    write_rgb_png,
+)
 from pyg_lecc.models import NIRGNN, default_weights_path, model_from_weights
 
 __all__ = [
@@ -269,8 +275,11 @@ def colorize_file(
         The colorized image, ``float32`` ``(H, W, 3)`` in ``[0, 1]``.
 
     Raises:
-        FileExistsError: ``output_path`` exists and ``overwrite`` is false (checked before any
-            work is done).
+        FileExistsError: ``output_path`` exists and ``overwrite`` is false, also when another
+            process creates it while the image is colorized (checked before any work is done,
+            and again when the file is created).
+        OSError: ``output_path`` cannot be written (see
+            :func:`~pyg_lecc.data.refuse_existing_outputs`, checked before any work is done).
         ValueError: ``output_path`` is ``input_path`` (also through links), whatever
             ``overwrite`` says (checked before any work is done).
         ImageReadError: ``input_path`` is missing or not a readable NIR image.
@@ -280,8 +289,7 @@ def colorize_file(
     """
     output_path = Path(output_path)
     refuse_inputs_as_outputs([output_path], [Path(input_path)])
-    if output_path.exists() and not overwrite:
-        raise FileExistsError(f"{output_path} already exists (pass overwrite=True to replace it)")
+    refuse_existing_outputs([output_path], overwrite)
     rgb = colorize(model, read_nir(input_path), **kwargs)  # type: ignore[arg-type]
     write_rgb_png(output_path, rgb, overwrite=overwrite)
     return rgb

@@ -1,5 +1,6 @@
 """Tests of the pyg-lecc command line (and of examples/nir_colorize.py) on tiny synthetic data."""
 
+import gc
 import importlib.util
 import json
 import subprocess
@@ -185,6 +186,60 @@ def test_colorize_demo(tmp_path, cnn_weights, capsys):
     assert written == [f"validation_{n}_nir.png" for n in ("0000", "0004", "0013", "0016")]
     assert iio.imread(out / written[0]).shape == (256, 256, 3)
     assert capsys.readouterr().out.count("PSNR") == 4
+
+
+def test_colorize_does_not_replace_an_output_written_by_another_run(
+    tmp_path, cnn_weights, capsys, monkeypatch
+):
+    a = _nir_file(tmp_path / "a.png", 20, 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    encode = iio.imwrite
+
+    def other_run_finishes_first(*args, **kwargs):  # after every check, before our write
+        (out / "a.png").write_bytes(b"other run")
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(iio, "imwrite", other_run_finishes_first)
+    argv = ["colorize", str(a), "-o", str(out), "--weights", str(cnn_weights)]
+    assert main(argv) == 2
+    assert f"{out / 'a.png'} already exists" in _error_line(capsys)
+    assert (out / "a.png").read_bytes() == b"other run"
+    assert main([*argv, "--overwrite"]) == 0
+    assert iio.imread(out / "a.png").shape == (20, 20, 3)
+
+
+def test_colorize_on_a_full_disk_reports_one_error(tmp_path, cnn_weights, capsys, full_disk):
+    a = _nir_file(tmp_path / "a.png", 20, 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    unraisable = full_disk(out)
+    assert main(["colorize", str(a), "-o", str(out), "--weights", str(cnn_weights)]) == 2
+    gc.collect()  # the __del__ of anything the failed write left behind
+    assert unraisable == []
+    assert _error_line(capsys).endswith(f"No space left on device: {out / 'a.png'}")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["colorize", "evaluate_save_dir", "evaluate_json"])
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
+    command, tmp_path, data, cnn_weights, capsys
+):
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    weights = ["--weights", str(cnn_weights)]
+    if command == "colorize":
+        a = _nir_file(tmp_path / "a.png", 20, 20)
+        argv = ["colorize", str(a), "-o", str(blocker), *weights]
+    elif command == "evaluate_save_dir":
+        argv = ["evaluate", "--data", str(data), *weights, "--save-dir", str(blocker)]
+    else:
+        argv = ["evaluate", "--data", str(data), *weights, "--json", str(blocker / "v.json")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no model loaded, nothing run
+    assert f"{blocker} is a file, not a folder" in captured.err
+    assert blocker.read_text() == "not a folder"
 
 
 @pytest.mark.parametrize("route", ["same_folder", "dotdot", "symlinked_folder", "hard_link"])
@@ -414,6 +469,8 @@ def test_train_builds_config(tmp_path, monkeypatch, capsys):
         "ema": 0.99,
         "holdout": 3,
         "bn_batches": 16,
+        "holdout_pairs": None,
+        "ema_bias_correction": False,
     }
     assert "7 of 7 iterations (time budget reached)" in capsys.readouterr().out
 

@@ -497,3 +497,51 @@ def test_two_process_resume_is_exact(data, tmp_path):
     assert _without_times(_log(tmp_path / "straight" / "log.jsonl")) == _without_times(
         _log(tmp_path / "resumed" / "log.jsonl")
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Runs that stop early stay restartable; Ctrl-C says what it waits for
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_budget_spent_before_the_first_iteration_leaves_a_resumable_run(data, tmp_path):
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    train(_config(data, straight, model="cnn"))
+    summary = train(_config(data, out, model="cnn", time_budget=1e-9))
+    assert summary["iterations"] == 0 and summary["stopped"] == "time_budget"
+    assert _load(Path(summary["checkpoint"]))["iteration"] == 0  # the file it names exists
+    summary = train(_config(data, out, model="cnn", resume=True))
+    assert summary["iterations"] == 6
+    a, b = _load(straight / "checkpoint.pt"), _load(out / "checkpoint.pt")
+    _assert_states_equal(a["model"], b["model"])  # as if never stopped
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_starts_again(data, tmp_path, monkeypatch):
+    def full_disk(obj, path):
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(training, "_atomic_save", full_disk)
+    with (
+        pytest.warns(UserWarning, match="before its first checkpoint: removed log.jsonl"),
+        pytest.raises(OSError, match="No space"),
+    ):
+        train(_config(data, out, model="cnn"))
+    monkeypatch.undo()
+    assert list(out.iterdir()) == []
+    assert train(_config(data, out, model="cnn"))["iterations"] == 6  # the same command
+
+
+def test_ctrl_c_during_validation_says_it_waits_for_it(data, tmp_path, monkeypatch, capfd):
+    validate = training._validate
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_validate", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(data, out, model="cnn"))
+    assert "stops after the validation in progress" in capfd.readouterr().err
+    assert _load(out / "checkpoint.pt")["iteration"] == 2  # the first validation's iteration

@@ -2,7 +2,11 @@
 schedules, time budget, init_from, bfloat16 autocast, weight EMA and held-out selection."""
 
 import math
+import os
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,3 +248,120 @@ def test_bf16_autocast_trains(data, tmp_path):
     assert summary["iterations"] == 3
     log = _log(tmp_path / "run" / "log.jsonl")
     assert all(math.isfinite(e["loss"]) for e in log if e["kind"] == "train")
+
+
+# --------------------------------------------------------------------------------------------
+# Selection pairs by name, bias-corrected EMA, Numba's pool
+# --------------------------------------------------------------------------------------------
+
+
+def _drawn_pairs(monkeypatch) -> set[str]:
+    drawn: set[str] = set()
+    original = RandomPatchSampler.__init__
+
+    def init(self, dataset, *args, **kwargs):
+        drawn.update(pair.name for pair in dataset.pairs)
+        original(self, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(RandomPatchSampler, "__init__", init)
+    return drawn
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_holdout_pairs_are_held_out_by_name_whatever_the_seed(data, tmp_path, monkeypatch, seed):
+    names = tmp_path / "holdout.txt"
+    names.write_text("# selection pairs\n\nimg1  # the middle one\n")
+    drawn = _drawn_pairs(monkeypatch)
+    out = tmp_path / "run"
+    train(_config(data, out, iters=2, val_every=2, seed=seed, holdout_pairs=names))
+    assert drawn == {"img0", "img2"}
+    assert [e["kind"] for e in _log(out / "log.jsonl")].count("select") == 1
+    # The checkpoint names the file by its absolute path: a resume from elsewhere compares it.
+    assert _load(out / "checkpoint.pt")["config"]["holdout_pairs"] == str(names.resolve())
+
+
+def test_holdout_pairs_must_exist_and_leave_training_pairs(data, tmp_path):
+    names = tmp_path / "holdout.txt"
+    names.write_text("img1\nimg7\nmountain_0011\n")
+    with pytest.raises(ValueError, match=r"img7, mountain_0011 of .* not in the training split"):
+        train(_config(data, tmp_path / "a", holdout_pairs=names))
+    names.write_text("img0\nimg1\nimg2\n")
+    with pytest.raises(ValueError, match="must leave training pairs"):
+        train(_config(data, tmp_path / "b", holdout_pairs=names))
+    with pytest.raises(ValueError, match="one or the other"):
+        _config(data, tmp_path / "c", holdout=1, holdout_pairs="default")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("", "names no pair"), ("a\nb\na # again\n", "names a twice")]
+)
+def test_read_holdout_pairs_refuses_bad_files(tmp_path, text, message):
+    path = tmp_path / "holdout.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        training.read_holdout_pairs(path)
+    with pytest.raises(FileNotFoundError):
+        training.read_holdout_pairs(tmp_path / "absent.txt")
+
+
+def test_default_holdout_pairs_are_the_seed_1_split_of_the_vcip_data():
+    names = training.read_holdout_pairs("default")
+    assert training.DEFAULT_HOLDOUT_PAIRS.is_file() and len(names) == 12
+    vcip = Path(__file__).resolve().parents[2] / "shared" / "data" / "vcip2020"
+    if not vcip.is_dir():
+        pytest.skip(f"the VCIP 2020 data is not at {vcip}")
+    pairs = PairedImageDataset(vcip, "train", preload=False)
+    config = TrainConfig(data=vcip, out=vcip / "unused", holdout=12, seed=1)
+    assert [pairs.pairs[i].name for i in training._holdout_indices(pairs, config)] == names
+
+
+def test_bias_corrected_ema_weighs_only_the_run_s_updates(data, tmp_path, monkeypatch):
+    snapshots = []
+
+    class Recording(training.AveragedModel):
+        def update_parameters(self, model):
+            snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            super().update_parameters(model)
+
+    monkeypatch.setattr(training, "AveragedModel", Recording)
+    out, decay = tmp_path / "run", 0.9
+    train(_config(data, out, iters=5, val_every=5, ema=decay, ema_bias_correction=True))
+    ema = _load(out / "checkpoint.pt")["ema"]
+    t = len(snapshots)
+    assert t == 5 and int(ema["n_averaged"]) == t
+    # Adam's bias correction of an average started at zero: sum_i (1-d) d^(t-i) x_i / (1-d^t)
+    # (the parameters: validation recomputed the BatchNorm statistics).
+    model = get_model("nir-gnn", weights=out / "weights.pt")
+    params = [name for name, _ in model.named_parameters()]
+    for key in params:
+        expected = sum(
+            (1 - decay) * decay ** (t - i) * snap[key].double()
+            for i, snap in enumerate(snapshots, start=1)
+        ) / (1 - decay**t)
+        torch.testing.assert_close(ema[f"module.{key}"].double(), expected, msg=key)
+    with pytest.raises(ValueError, match="set ema too"):
+        _config(data, out, ema_bias_correction=True)
+
+
+def test_cli_threads_size_numba_s_pool_before_it_starts(tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: Numba's pool has one worker anyway")
+    script = (
+        "import sys, torch\n"
+        "from pyg_lecc.cli import main\n"
+        "import numba\n"
+        "from numba.np.ufunc import parallel\n"
+        "code = main(sys.argv[1:])\n"
+        "print(code, parallel._is_initialized, parallel.NUM_THREADS, numba.get_num_threads())\n"
+    )
+    data = _make_data(tmp_path / "data")
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--iters", "1"]
+    argv += ["--features", "6", "--rank", "2", "--k", "4", "--layers-per-block", "1"]
+    argv += ["--patch", "12", "--batch-size", "2", "--threads", "1", "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-4:] == ["0", "True", "1", "1"]

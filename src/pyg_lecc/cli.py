@@ -13,7 +13,9 @@ Sub-commands:
 
 Bad input (missing or unreadable files, damaged weights, unpairable data, outputs that already
 exist, invalid values) ends with one line ``pyg-lecc: error: ...`` on stderr and exit code 2.
-No output is ever written over an input file, whatever ``--overwrite`` says.
+No output is ever written over an input file, whatever ``--overwrite`` says. Outputs are
+checked before any work and created exclusively: without ``--overwrite``, a file that another
+run writes in the meantime is not replaced either (the run stops with an error).
 
 Example:
     .. code-block:: console
@@ -28,11 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from pyg_lecc.data import (
     pack_dataset,
     read_nir,
     read_rgb,
+    refuse_existing_outputs,
+    write_file_atomic,
     write_rgb_png,
 )
 from pyg_lecc.inference import (
@@ -59,7 +61,7 @@ from pyg_lecc.inference import (
 )
 from pyg_lecc.metrics import METRIC_KEYS, evaluate_pair, summarize
 from pyg_lecc.models import list_models
-from pyg_lecc.training import AMP_MODES, SCHEDULES, TrainConfig, train
+from pyg_lecc.training import AMP_MODES, SCHEDULES, TrainConfig, limit_numba_threads, train
 
 __all__ = ["build_parser", "main"]
 
@@ -248,17 +250,38 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="training pairs held out (by seed) to select the exported weights (default: 0)",
     )
+    p.add_argument(
+        "--holdout-pairs",
+        default=None,
+        metavar="FILE|default",
+        help="hold out the training pairs named in FILE (one per line) instead, whatever the "
+        "seed; 'default': the committed selection pairs of the VCIP 2020 data",
+    )
+    p.add_argument(
+        "--ema-bias-correction",
+        action="store_true",
+        help="correct the --ema average's bias towards the starting weights (as Adam's "
+        "moments): for short continuations of trained weights",
+    )
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser(
         "pack-data",
         help="write a compact, checksummed copy of a data set",
-        description="Copy a data set's train and validation pairs into OUT_DIR as lossless "
-        "WebP (plain layout, about a fifth smaller than PNG) with a manifest of checksums of "
-        "the decoded images; every command reads the pack like the original and checks it.",
+        description="Copy a data set's train and validation pairs (8-bit images) into OUT_DIR "
+        "as lossless WebP (plain layout, about a fifth smaller than PNG) with a manifest of "
+        "checksums of the decoded images; every command reads the pack like the original and "
+        "checks it. The pack is built in a temporary folder next to OUT_DIR and moved into "
+        "place only when complete.",
     )
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder")
-    p.add_argument("--out", required=True, type=Path, metavar="OUT_DIR", help="new pack folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="OUT_DIR",
+        help="new pack folder (absent or empty), outside DIR",
+    )
     p.set_defaults(handler=_cmd_pack_data)
 
     p = sub.add_parser(
@@ -297,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"colorize the sample images bundled with the package (default -o: {DEMO_OUT})",
     )
     _add_model_choice(p, weights_required=False)
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (without it, an output that exists, or that another "
+        "run writes meanwhile, is an error)",
+    )
     _add_tiling(p, tile=DEFAULT_TILE)
     p.set_defaults(handler=_cmd_colorize)
     return parser
@@ -363,24 +391,7 @@ def _format_header(width: int) -> str:
 
 
 def _write_json(path: Path, payload: dict[str, Any], overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
-    if overwrite:
-        return
-    for path in paths:
-        if path.exists():
-            raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    write_file_atomic(path, (json.dumps(payload, indent=2) + "\n").encode(), overwrite)
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +429,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ema=args.ema,
         holdout=args.holdout,
         bn_batches=args.bn_batches,
+        holdout_pairs=args.holdout_pairs,
+        ema_bias_correction=args.ema_bias_correction,
     )
+    if args.threads is not None:
+        limit_numba_threads(args.threads)  # no idle Numba worker spinning on another core
     summary = train(config)
     stopped = " (time budget reached)" if summary.get("stopped") == "time_budget" else ""
     print(
@@ -457,7 +472,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         outputs += [args.save_dir / f"{p.name}.png" for p in pairs]
     inputs = [weights, *(p.nir_path for p in pairs), *(p.rgb_path for p in pairs)]
     refuse_inputs_as_outputs(outputs, inputs)
-    _refuse_existing(outputs, args.overwrite)
+    refuse_existing_outputs(outputs, args.overwrite)
     model, name = load_model(weights, args.model, device)
 
     print(f"{name} ({weights}) on {len(pairs)} {args.split} images of {args.data}")
@@ -539,7 +554,7 @@ def _cmd_colorize(args: argparse.Namespace) -> int:
         outputs[dst] = src
     weights = resolve_weights(args.weights, args.model)
     refuse_inputs_as_outputs(outputs, [weights, *inputs, *truth.values()])
-    _refuse_existing(list(outputs), args.overwrite)
+    refuse_existing_outputs(outputs, args.overwrite)
     model, name = load_model(weights, args.model, device)
     print(f"{name} ({weights}) on {device}")
 

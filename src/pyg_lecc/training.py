@@ -10,8 +10,9 @@ Options for short, resumable budgets (a lent GPU for a few minutes, a laptop ove
 weights file with a fresh optimiser, ``amp="bf16"`` runs the forward pass under bfloat16
 autocast (TF32 matmuls are on by default on CUDA), ``ema`` keeps an exponential moving average
 of the weights for validation and export, ``warmup`` and ``schedule="cosine"`` shape the
-learning rate, and ``holdout`` sets aside training pairs for model selection, so that the
-validation split stays a reporting set, as in the paper.
+learning rate, and ``holdout`` (a number of pairs chosen by seed) or ``holdout_pairs`` (a list of
+pair names, such as the committed :data:`DEFAULT_HOLDOUT_PAIRS`) sets aside training pairs for
+model selection, so that the validation split stays a reporting set, as in the paper.
 
 :func:`train` runs it from a :class:`TrainConfig` and writes to ``config.out``:
 
@@ -57,6 +58,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -99,6 +101,7 @@ __all__ = [
     "AMP_MODES",
     "BEST_NAME",
     "CHECKPOINT_NAME",
+    "DEFAULT_HOLDOUT_PAIRS",
     "LOG_NAME",
     "PROCESS_GROUP_TIMEOUT",
     "RESUME_FIELDS",
@@ -106,7 +109,9 @@ __all__ = [
     "VAL_SEARCH_WINDOW",
     "WEIGHTS_NAME",
     "TrainConfig",
+    "limit_numba_threads",
     "lr_at",
+    "read_holdout_pairs",
     "train",
 ]
 
@@ -139,6 +144,8 @@ RESUME_FIELDS: tuple[str, ...] = (
     "ema",
     "holdout",
     "bn_batches",
+    "holdout_pairs",
+    "ema_bias_correction",
 )
 """Fields of :class:`TrainConfig` (architecture, data, schedule) that must be equal to resume.
 The others (device, output and logging intervals, threads, progress bar, time budget, mixed
@@ -150,6 +157,11 @@ AMP_MODES: tuple[str, ...] = ("none", "bf16")
 """Mixed-precision modes of the training forward pass."""
 BEST_NAME = "best.pt"
 """File name of the best weights by selection score (runs with ``holdout``)."""
+
+DEFAULT_HOLDOUT_PAIRS = Path(__file__).with_name("holdout_pairs.txt")
+"""The committed selection pairs of the VCIP 2020 training split (``holdout_pairs="default"``):
+the 12 pairs that ``holdout=12, seed=1`` holds out, so that the weights lineage trained with
+those settings never saw them."""
 
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 """Collective timeout of a process group initialised by :func:`train`: the other processes wait
@@ -220,6 +232,17 @@ class TrainConfig:
         holdout: Training pairs set aside (chosen by ``seed``) to select the exported weights
             by PSNR at every validation; 0 exports the last weights. The ``val_split`` pairs
             are only reported, never used to select.
+        holdout_pairs: Instead of ``holdout``, the training pairs to set aside by name: a
+            file of pair names (:func:`read_holdout_pairs`), or ``"default"`` for
+            :data:`DEFAULT_HOLDOUT_PAIRS`. The same pairs whatever the seed, so that runs
+            that continue each other select on pairs none of them trained on.
+        ema_bias_correction: Correct the bias of the moving average towards its first
+            value, as Adam corrects its moments: the average of ``t`` updates weighs them
+            ``(1 - ema) * ema ** (t - i) / (1 - ema ** t)``. Early on it is close to the plain
+            mean of the weights so far, and ``ema`` is reached after about ``1 / (1 - ema)``
+            updates. Without it, the starting weights keep ``ema ** t`` of the average (55 %
+            after 600 updates at 0.999), which a short continuation of trained weights
+            mostly validates instead of its own progress.
 
     Raises:
         ValueError: A value is out of range, the model is unknown, or the device is not
@@ -254,12 +277,16 @@ class TrainConfig:
     ema: float | None = None
     holdout: int = 0
     bn_batches: int = 16
+    holdout_pairs: str | None = None
+    ema_bias_correction: bool = False
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.out = Path(self.out)
         if self.init_from is not None:
             self.init_from = Path(self.init_from)
+        if self.holdout_pairs is not None:
+            self.holdout_pairs = str(self.holdout_pairs)
         self.validate()
 
     def validate(self) -> None:
@@ -322,12 +349,18 @@ class TrainConfig:
             )
         if self.ema is not None and not (_is_number(self.ema) and 0.0 < self.ema < 1.0):
             raise ValueError(f"ema must be a decay strictly between 0 and 1, got {self.ema!r}")
+        if self.holdout_pairs is not None and self.holdout:
+            raise ValueError(
+                "holdout sets pairs aside by seed, holdout_pairs by name: use one or the other"
+            )
+        if self.ema_bias_correction and self.ema is None:
+            raise ValueError("ema_bias_correction corrects the ema average: set ema too")
         if self.init_from is not None and self.resume:
             raise ValueError(
                 "init_from starts a new run from a weights file; resume continues a run from "
                 "its checkpoint: use one or the other"
             )
-        for name in ("resume", "progress"):
+        for name in ("resume", "progress", "ema_bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _check_device(self.device)
@@ -402,6 +435,64 @@ def lr_at(t: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
     if config.schedule == "cosine":
         return config.lr_end + (config.lr - config.lr_end) * 0.5 * (1.0 + math.cos(math.pi * p))
     return config.lr * (config.lr_end / config.lr) ** p
+
+
+def read_holdout_pairs(spec: str | os.PathLike[str]) -> list[str]:
+    """The training-pair names of a selection-pairs file (``holdout_pairs``).
+
+    One name per line (the pair names of :func:`pyg_lecc.data.find_pairs`); ``#`` starts a
+    comment, blank lines are skipped.
+
+    Args:
+        spec: The file, or ``"default"`` for :data:`DEFAULT_HOLDOUT_PAIRS`.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: It names no pair, or a pair twice.
+
+    Example:
+        >>> from pyg_lecc.training import read_holdout_pairs
+        >>> read_holdout_pairs("default")[:2]
+        ['country_0014', 'country_0042']
+    """
+    path = _holdout_pairs_path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"holdout pairs file not found: {path}")
+    names = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    names = [name for name in names if name]
+    if not names:
+        raise ValueError(f"the holdout pairs file {path} names no pair")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"the holdout pairs file {path} names {', '.join(repeated)} twice")
+    return names
+
+
+def _holdout_pairs_path(spec: str | os.PathLike[str]) -> Path:
+    return DEFAULT_HOLDOUT_PAIRS if str(spec) == "default" else Path(spec)
+
+
+def limit_numba_threads(threads: int) -> None:
+    """Sizes the thread pool of Numba (the CPU kernels) to ``threads`` for this process.
+
+    Numba starts ``NUMBA_NUM_THREADS`` workers (one per core by default) at its first
+    parallel kernel, whatever :func:`numba.set_num_threads` allows later, and with its OpenMP
+    layer an idle worker spins at a barrier: with one training thread on two cores it took
+    about 90 % of the second core. The variable is read when Numba is imported, and importing
+    ``torch_geometric`` imports Numba, so a process that has imported this package lowers the
+    value Numba read instead, which works until the pool starts. No effect once it runs.
+
+    Args:
+        threads: The pool size, at least 1 (at most Numba's own limit is used).
+    """
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    if parallel is None:
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
+        return
+    if not parallel._is_initialized:
+        numba_config = sys.modules["numba"].config
+        threads = min(threads, numba_config.NUMBA_NUM_THREADS)
+        numba_config.NUMBA_NUM_THREADS = parallel.NUM_THREADS = threads
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,6 +654,22 @@ def _check_fresh_out(out: Path) -> None:
         )
 
 
+def _discard_unresumable(out: Path) -> None:
+    """After a fresh run failed: without a checkpoint nothing can resume, so the files of this
+    session go and the same command can start the run again (a checkpoint keeps them all)."""
+    if (out / CHECKPOINT_NAME).exists():
+        return
+    removed = [name for name in (LOG_NAME, BEST_NAME, WEIGHTS_NAME) if (out / name).exists()]
+    for name in removed:
+        (out / name).unlink()
+    if removed:
+        warnings.warn(
+            f"the run stopped before its first checkpoint: removed {', '.join(removed)} from "
+            f"{out}, so that the same command starts it again",
+            stacklevel=4,
+        )
+
+
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
@@ -584,8 +691,9 @@ def _check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path
     diffs = []
     for name in RESUME_FIELDS:
         old, new = stored.get(name, defaults[name]), current[name]
-        if name == "data":
-            same = old is not None and Path(old).resolve() == Path(new).resolve()
+        if name in ("data", "holdout_pairs") and old is not None and new is not None:
+            as_path = _holdout_pairs_path if name == "holdout_pairs" else Path
+            same = as_path(old).resolve() == as_path(new).resolve()
         else:
             same = old == new
         if not same:
@@ -660,20 +768,38 @@ def _eval_item(name: str, nir: np.ndarray, rgb: np.ndarray) -> tuple[str, Tensor
     return name, torch.from_numpy(nir)[None, None], rgb
 
 
+def _holdout_indices(train_set: PairedImageDataset, config: TrainConfig) -> list[int]:
+    """Indices of the training pairs set aside for selection, by name or by seed."""
+    if config.holdout_pairs is not None:
+        names = read_holdout_pairs(config.holdout_pairs)
+        index = {pair.name: i for i, pair in enumerate(train_set.pairs)}
+        missing = [name for name in names if name not in index]
+        if missing:
+            raise ValueError(
+                f"the holdout pairs {', '.join(missing)} of "
+                f"{_holdout_pairs_path(config.holdout_pairs)} are not in the training split of "
+                f"{config.data} ({len(train_set)} pairs)"
+            )
+        held = sorted(index[name] for name in names)
+    else:
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))
+        held = sorted(order[: config.holdout].tolist())
+    if len(held) >= len(train_set):
+        raise ValueError(
+            f"holdout ({len(held)} pairs) must leave training pairs: the training split of "
+            f"{config.data} has {len(train_set)}"
+        )
+    return held
+
+
 def _split_holdout(
     train_set: PairedImageDataset, config: TrainConfig
 ) -> tuple[PairedImageDataset, _EvalData | None]:
-    """Sets ``config.holdout`` training pairs aside for model selection (chosen by seed)."""
-    if not config.holdout:
+    """Sets training pairs aside for model selection (``holdout`` or ``holdout_pairs``)."""
+    if not config.holdout and config.holdout_pairs is None:
         return train_set, None
-    if config.holdout >= len(train_set):
-        raise ValueError(
-            f"holdout ({config.holdout}) must leave training pairs: the training split of "
-            f"{config.data} has {len(train_set)}"
-        )
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))
-    held = sorted(order[: config.holdout].tolist())
-    kept = sorted(order[config.holdout :].tolist())
+    held = _holdout_indices(train_set, config)
+    kept = sorted(set(range(len(train_set))) - set(held))
     selection = []
     for i in held:
         nir, rgb, name = train_set[i]
@@ -691,6 +817,22 @@ def _bn_batches(train_set: PairedImageDataset, config: TrainConfig) -> list[Tens
         generator=torch.Generator().manual_seed(config.seed + 10_000),
     )
     return [sampler.sample()[0] for _ in range(config.bn_batches)]
+
+
+def _ema_update(decay: float, bias_correction: bool) -> Callable[..., None]:
+    """The ``multi_avg_fn`` of the weight average (see ``TrainConfig.ema_bias_correction``)."""
+    if not bias_correction:
+        return get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        # Update n + 1 of the bias-corrected average m_t / (1 - decay**t), written as a step
+        # of the plain one: its weight on the previous average is
+        # decay * (1 - decay**n) / (1 - decay**(n + 1)) (0 at n = 0: a copy).
+        n = int(num_averaged)
+        step = decay * (1.0 - decay**n) / (1.0 - decay ** (n + 1))
+        get_ema_multi_avg_fn(step)(averaged, current, num_averaged)
+
+    return update
 
 
 @torch.no_grad()
@@ -715,9 +857,12 @@ class _DeferredSigint:
     """Turns a first SIGINT (Ctrl-C) into a stop request honoured between iterations, so the
     checkpoint written on interruption is never torn. A second SIGINT more than a second
     later raises :class:`KeyboardInterrupt` at once (the launcher's copy of the same Ctrl-C,
-    arriving together with it, does not)."""
+    arriving together with it, does not). With ``announce``, the first one says on stderr
+    what it waits for: ``busy`` names the work in progress (a validation takes minutes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
+        self.announce = announce
+        self.busy: str | None = None
         self.requested = False
         self._first = 0.0
         self._previous: Any = None
@@ -734,6 +879,14 @@ class _DeferredSigint:
         now = time.monotonic()
         if not self.requested:
             self.requested, self._first = True, now
+            if self.announce:
+                what = f"the {self.busy} in progress" if self.busy else "this iteration"
+                # os.write: print() could re-enter the stream the signal interrupted.
+                os.write(
+                    2,
+                    f"\ninterrupt: training stops after {what} and writes a checkpoint "
+                    "(Ctrl-C again to stop at once)\n".encode(),
+                )
         elif now - self._first > _FORCE_INTERRUPT_AFTER_S:
             raise KeyboardInterrupt
 
@@ -805,7 +958,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls and convolutions
     try:
-        return _train(config, info, device)
+        if config.resume:
+            return _train(config, info, device)
+        _check_fresh_out(Path(config.out))
+        try:
+            return _train(config, info, device)
+        except BaseException:
+            if info.is_main:
+                _discard_unresumable(Path(config.out))
+            raise
     finally:
         torch.set_num_threads(threads)
         torch.set_float32_matmul_precision(precision)
@@ -826,8 +987,6 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
                 f"cannot resume from {ckpt_path}: it was written by {ckpt['world_size']} "
                 f"process(es), this run has {info.world_size}"
             )
-    else:
-        _check_fresh_out(out)
 
     train_set, select_data = _split_holdout(PairedImageDataset(config.data, "train"), config)
     val_data = _load_validation(config) if info.is_main else None
@@ -837,7 +996,11 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
     net.train()
     ema = None
     if config.ema is not None:
-        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        ema = AveragedModel(
+            net,
+            multi_avg_fn=_ema_update(config.ema, config.ema_bias_correction),
+            use_buffers=True,
+        )
     judged = net if ema is None else ema.module  # validated, selected and exported
     bn_batches = _bn_batches(train_set, config) if ema is not None and info.is_main else []
     sampler = RandomPatchSampler(
@@ -884,6 +1047,8 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
         "data": str(Path(config.data).resolve()),
         "out": str(out.resolve()),
     }
+    if config.holdout_pairs not in (None, "default"):
+        stored_config["holdout_pairs"] = str(Path(config.holdout_pairs).resolve())
     session_start = time.monotonic()
 
     def elapsed() -> float:
@@ -947,7 +1112,16 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
             code, fraction = t.tolist()
         return {2.0: "interrupt", 1.0: "time_budget"}.get(code), fraction
 
+    sigint = _DeferredSigint(announce=info.is_main)
+
     def evaluate(it: int, lr: float, train_loss: float | None) -> None:
+        sigint.busy = "validation"  # a Ctrl-C now waits for it: say so
+        try:
+            _evaluate(it, lr, train_loss)
+        finally:
+            sigint.busy = None
+
+    def _evaluate(it: int, lr: float, train_loss: float | None) -> None:
         if bn_batches:
             update_bn(bn_batches, judged, device)
         entry = {"iteration": it, "time": elapsed(), "train_loss": train_loss, "lr": lr}
@@ -990,7 +1164,7 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
         disable=not (config.progress and info.is_main),
     )
     try:
-        with _DeferredSigint() as sigint:
+        with sigint:
             while state["iteration"] < config.iters:
                 stop_reason, fraction = stop_and_clock(sigint.requested)
                 if stop_reason == "interrupt":
@@ -1038,6 +1212,8 @@ def _train(config: TrainConfig, info: _Dist, device: torch.device) -> dict[str, 
                     end_of_iteration(it, lr, ckpt_missing != 0, val_missing != 0)
                     if val_missing and not ckpt_missing:
                         write_checkpoint()  # it holds the final validation too
+                elif not config.resume:
+                    write_checkpoint()  # spent before the first iteration: still resumable
                 if info.is_main:
                     entry = {"kind": "stop", "reason": "time_budget", "iteration": it}
                     log(

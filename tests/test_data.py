@@ -589,3 +589,12 @@ def test_real_vcip2020_validation():
     # Reference values of the NIR-copied-into-three-channels baseline (data README).
     assert np.mean([s[0] for s in scores]) == pytest.approx(11.62, abs=0.01)
     assert np.mean([s[1] for s in scores]) == pytest.approx(0.495, abs=0.001)
+
+
+def test_png_conversion_in_row_blocks_equals_one_pass():
+    from pyg_lecc.data import _to_uint8
+
+    rgb = np.random.default_rng(0).uniform(-0.2, 1.2, (37, 5, 3)).astype(np.float32)
+    rgb[0, 0] = [0.5 / 255, 1.5 / 255, 254.5 / 255]  # rounding halves
+    expected = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    np.testing.assert_array_equal(_to_uint8(rgb, rows=4), expected)

@@ -282,9 +282,19 @@ def write_rgb_png(path: str | os.PathLike[str], rgb: np.ndarray, overwrite: bool
     if not np.isfinite(rgb).all():
         raise ValueError(f"image to write to {path} contains NaN or infinite values")
     refuse_existing_outputs([path], overwrite)
-    data = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    data = _to_uint8(rgb)
     # Encoded in memory: a failing disk then meets only our own file handling.
     write_file_atomic(path, iio.imwrite("<bytes>", data, extension=".png"), overwrite)
+
+
+def _to_uint8(rgb: np.ndarray, rows: int = 256) -> np.ndarray:
+    # In blocks of rows: the float temporaries of clip, scale and round stay small on
+    # full-resolution photographs (three full-size float copies otherwise).
+    data = np.empty(rgb.shape, np.uint8)
+    for top in range(0, rgb.shape[0], rows):
+        block = np.clip(rgb[top : top + rows], 0.0, 1.0) * 255.0
+        data[top : top + rows] = np.round(block, out=block)
+    return data
 
 
 def write_file_atomic(path: str | os.PathLike[str], data: bytes, overwrite: bool = False) -> None:

@@ -228,7 +228,8 @@ def colorize(
     rows = _axis_tiles(H, tile, context)
     cols = _axis_tiles(W, tile, context)
     half = context // 2
-    out = torch.zeros(3, H, W)
+    # Accumulated in the (H, W, 3) layout that is returned: no full-size copy at the end.
+    out = torch.zeros(H, W, 3)
     total = torch.zeros(H, W)
 
     was_training = model.training
@@ -244,13 +245,13 @@ def colorize(
                     x = img[window][None, None].to(device)
                     pred = model(x)[0].float().cpu()
                     weight = wy[:, None] * wx[None, :]
-                    out[(slice(None), *window)] += pred * weight
+                    out[window] += pred.permute(1, 2, 0) * weight[..., None]
                     total[window] += weight
     finally:
         model.train(was_training)
     # The weights form a partition of unity; dividing only removes rounding differences.
-    out /= total
-    return out.clamp_(0.0, 1.0).permute(1, 2, 0).contiguous().numpy()
+    out /= total[..., None]
+    return out.clamp_(0.0, 1.0).numpy()
 
 
 def colorize_file(
@@ -344,7 +345,7 @@ def resolve_weights(weights: str | os.PathLike[str] = "default", model: str = "n
 
     Example:
         >>> resolve_weights("default", "cnn").name  # doctest: +SKIP
-        'cnn.pt'
+        'cnn.safetensors'
     """
     if str(weights) == "default":
         path = default_weights_path(model)
@@ -386,7 +387,7 @@ def load_model(
         ValueError: The file is not a valid weights file, or ``model`` is unknown.
 
     Example:
-        >>> net, name = load_model("runs/gnn/best.pt")  # doctest: +SKIP
+        >>> net, name = load_model("runs/gnn/best.safetensors")  # doctest: +SKIP
     """
     net, name = model_from_weights(resolve_weights(weights, model))
     return net.to(device), name

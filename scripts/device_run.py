@@ -16,7 +16,7 @@ seconds it
 6. evaluates both, and the shipped weights, on the validation split;
 
 and writes at most 8 files into ``--out``: ``device_run.log``, ``metrics.json``,
-``bench_operators.json``, ``nir-gnn.pt``, ``cnn.pt``, ``nir-gnn.log.jsonl``,
+``bench_operators.json``, ``nir-gnn.safetensors``, ``cnn.safetensors``, ``nir-gnn.log.jsonl``,
 ``cnn.log.jsonl``. Every stage runs in its own process with a timeout, so a failing stage is
 logged and the next one still runs.
 
@@ -45,6 +45,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_ENV = "PYG_LECC_CUDA_KERNELS"
+# What `pyg-lecc train` exports into its run folder (pyg_lecc.training.WEIGHTS_NAME; this
+# script imports nothing of the package, so that it runs before any install).
+TRAINED_WEIGHTS = "weights.safetensors"
 # Seconds kept after training for the final validation inside `train`, the evaluations and
 # the copies (measured on CPU rehearsal; generous for a GPU).
 _RESERVE_S = 90.0
@@ -360,7 +363,7 @@ class Runbook:
 
     def _init_weights(self, name: str) -> str | None:
         """The shipped weights of ``name`` if they have the configured architecture."""
-        path = REPO / "src" / "pyg_lecc" / "weights" / f"{name}.pt"
+        path = REPO / "src" / "pyg_lecc" / "weights" / f"{name}.safetensors"
         if self.args.rehearsal or not path.is_file():
             return None
         arch = dict(self.setting["model"])
@@ -438,14 +441,15 @@ class Runbook:
             status = "ok" if code == 0 else f"exit {code}"
             self.log(f"train {name}: {status}")
             self.metrics["stages"][f"train_{name}"] = {"status": status}
+            weights = run_dir / TRAINED_WEIGHTS
             for src, dst in (
-                (run_dir / "weights.pt", f"{name}.pt"),
+                (weights, f"{name}.safetensors"),
                 (run_dir / "log.jsonl", f"{name}.log.jsonl"),
             ):
                 if src.is_file():
                     shutil.copyfile(src, self.out / dst)
-            if (run_dir / "weights.pt").is_file():
-                runs[name] = run_dir / "weights.pt"
+            if weights.is_file():
+                runs[name] = weights
         return runs
 
     def evaluate(self, runs: dict[str, Path]) -> None:

@@ -18,6 +18,7 @@ from pyg_lecc.data import read_nir, read_rgb
 from pyg_lecc.inference import colorize, load_model
 from pyg_lecc.metrics import METRIC_KEYS, evaluate_pair
 from pyg_lecc.models import NIRGNN, save_weights
+from pyg_lecc.training import WEIGHTS_NAME
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nir_colorize.py"
 NAMES = ("scene_a", "scene_b")
@@ -307,8 +308,8 @@ def test_evaluate_finishes_good_pairs_and_reports_bad_ones(tmp_path, data, cnn_w
         ("config_tensor_mismatch", "do not match its config"),
         ("missing_tensor", "missing tensors (1): last.bias"),
         ("unregistered_model", "unknown model 'resnet'"),
-        ("random_binary", "not a PyTorch weights archive"),
-        ("truncated", "not a PyTorch weights archive"),
+        ("random_binary", "not a safetensors file or a PyTorch weights archive"),
+        ("truncated", "not a safetensors file or a PyTorch weights archive"),
     ],
 )
 def test_damaged_weights_exit_code_2(kind, needle, tmp_path, capsys):
@@ -489,8 +490,7 @@ def test_train_tiny_run(tmp_path, data, capsys):
     argv += ["--threads", "1", "--no-progress"]
     assert main(argv) == 0
     assert "2 iterations" in capsys.readouterr().out
-    weights = next(run.glob("*.pt"))
-    model, name = load_model(run / "weights.pt" if (run / "weights.pt").exists() else weights)
+    model, name = load_model(run / WEIGHTS_NAME)
     assert name == "nir-gnn" and model.features == 6
     # An existing run is not silently overwritten.
     assert main(argv) == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import TINY, _log, _make_data
+from training_helpers import TINY, _log, _make_data
 
 from pyg_lecc import continuation
 from pyg_lecc.continuation import LEDGER_HEADING, Recipe, append_ledger_row, finish, start
@@ -25,13 +25,7 @@ RECIPE = dict(lr=1e-2, lr_end=1e-3, warmup=1, ema=0.9, bn_batches=2, val_every=3
 RECIPE.update(batch_size=TINY["batch_size"], patch=TINY["patch"], iters=6)
 NOW = datetime(2026, 6, 12, 17, 0).astimezone()
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _shipped(root: Path, data: Path) -> Path:
@@ -42,7 +36,7 @@ def _shipped(root: Path, data: Path) -> Path:
     train(TrainConfig(data=data, out=first, iters=8, lr=1e-2, progress=False, **arch, patch=12))
     folder = root / "weights"
     folder.mkdir()
-    shutil.copy(first / "weights.pt", folder / "nir-gnn.pt")
+    shutil.copy(first / "weights.safetensors", folder / "nir-gnn.safetensors")
     meta = {"model": "nir-gnn", "iterations": 8, "training_time_s": 3.0, "data": "synthetic"}
     (folder / "nir-gnn.json").write_text(json.dumps(meta))
     shutil.copy(first / "log.jsonl", folder / "nir-gnn.log.jsonl")
@@ -64,7 +58,7 @@ def started(tmp_path_factory):
         run,
         NOW + timedelta(hours=1),
         1,
-        weights=weights / "nir-gnn.pt",
+        weights=weights / "nir-gnn.safetensors",
         margin_s=600,
         recipe=recipe,
         replace_process=False,
@@ -95,13 +89,13 @@ def test_start_continues_the_weights_until_the_stop_time(started):
     assert record["time_budget_s"] == pytest.approx(3000.0)  # one hour less the margin
     command = record["command"].split()
     assert command[:2] == ["pyg-lecc", "train"]
-    for flag, value in (("--init-from", weights / "nir-gnn.pt"), ("--time-budget", 3000)):
+    for flag, value in (("--init-from", weights / "nir-gnn.safetensors"), ("--time-budget", 3000)):
         assert command[command.index(flag) + 1] == str(value)
     assert command[command.index("--seed") + 1] == "8"  # new patches for each continuation
     assert {"--ema-bias-correction", "--holdout-pairs", "--threads"} <= set(command)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["iteration"] == 6 and ckpt["config"]["ema_bias_correction"] is True
-    assert ckpt["config"]["init_from"] == str(weights / "nir-gnn.pt")
+    assert ckpt["config"]["init_from"] == str(weights / "nir-gnn.safetensors")
     assert [e["iteration"] for e in _log(run / "log.jsonl") if e["kind"] == "select"] == [3, 6]
 
 
@@ -148,8 +142,9 @@ def test_start_refuses_git_trees_late_stop_times_and_used_folders(tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         start(tmp_path, tmp_path / "c", NOW + timedelta(hours=1), 1, **args)
     with pytest.raises(ValueError, match="iterations-before"):
-        bare = tmp_path / "bare.pt"
-        shutil.copy(weights, bare)
+        # Weights with no .json next to them and no training metadata in their header.
+        bare = tmp_path / "bare.safetensors"
+        save_weights(model_from_weights(weights)[0], "nir-gnn", bare)
         start(tmp_path, tmp_path / "d", NOW + timedelta(hours=1), 1, **{**args, "weights": bare})
     assert not inside.exists() and not (tmp_path / "b").exists()
 
@@ -180,7 +175,7 @@ def _spoiled(path: Path, out: Path) -> Path:
 
 def test_finish_ships_better_weights_and_records_them(copies, monkeypatch):
     weights, run = copies
-    _spoiled(weights / "nir-gnn.pt", weights / "nir-gnn.pt")
+    _spoiled(weights / "nir-gnn.safetensors", weights / "nir-gnn.safetensors")
     drawn = []
     monkeypatch.setattr(continuation, "regenerate_figure", lambda *args: drawn.append(args))
     log_before = (weights / "nir-gnn.log.jsonl").read_text()
@@ -191,14 +186,15 @@ def test_finish_ships_better_weights_and_records_them(copies, monkeypatch):
     best = max(result["holdout"].values(), key=lambda m: m["psnr"])
     assert best["psnr"] > result["shipped_holdout"]["psnr"]
     assert result["holdout"][result["selected"]] == best
-    assert (weights / "nir-gnn.pt").read_bytes() == (run / "nir-gnn.pt").read_bytes()
+    shipped = (weights / "nir-gnn.safetensors").read_bytes()
+    assert shipped == (run / "nir-gnn.safetensors").read_bytes()
     meta = json.loads((weights / "nir-gnn.json").read_text())
     assert meta == json.loads((run / "nir-gnn.json").read_text())
     assert meta["iterations"] == 8 + 6 and meta["data"] == "synthetic"
     assert meta["lineage"][-1]["selected"] == result["selected"]
     assert meta["validation"]["psnr"] == pytest.approx(result["validation"]["psnr"], abs=1e-4)
     # The shipped weights score what finish measured (selection on the held-out pair img1).
-    model = model_from_weights(weights / "nir-gnn.pt")[0]
+    model = model_from_weights(weights / "nir-gnn.safetensors")[0]
     pairs, _, _ = continuation._evaluation_data(
         continuation._run_config(torch.load(run / "checkpoint.pt", weights_only=True), run, None)
     )
@@ -218,7 +214,7 @@ def test_finish_keeps_shipped_weights_that_are_as_good(copies, monkeypatch):
     shutil.copytree(weights, other)
     shutil.copytree(run, run_copy)
     first = finish(run_copy, other, other / "MODEL_CARD.md", now=NOW)
-    shutil.copy(first["weights"], weights / "nir-gnn.pt")
+    shutil.copy(first["weights"], weights / "nir-gnn.safetensors")
     with pytest.raises(ValueError, match="finished already"):
         finish(run_copy, other, other / "MODEL_CARD.md", now=NOW)
     before = {p.name: p.read_bytes() for p in weights.iterdir() if p.name != "MODEL_CARD.md"}

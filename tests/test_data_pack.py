@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 from test_data import _png16
-from test_training import _make_data, _write_split
+from training_helpers import _make_data, _write_split
 
 from pyg_lecc.cli import main
 from pyg_lecc.data import (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import _make_data
+from training_helpers import _make_data
 
 from pyg_lecc.data import pack_dataset
 from pyg_lecc.models import load_weights
@@ -67,7 +67,7 @@ def test_runbook_rehearsal_runs_every_stage(tmp_path):
     ops = {e["operator"] for e in bench["reference"]["entries"]}
     assert {"lecc_node", "gat", "gcn"} <= ops
     for name in ("nir-gnn", "cnn"):
-        assert load_weights(out / f"{name}.pt")[0]["model"] == name
+        assert load_weights(out / f"{name}.safetensors")[0]["model"] == name
         lines = (out / f"{name}.log.jsonl").read_text().splitlines()
         assert json.loads(lines[-1])["kind"] == "stop"
     assert len(list(out.iterdir())) <= 8  # what a device call returns

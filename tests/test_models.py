@@ -1,15 +1,17 @@
 import io
-import struct
+import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from weights_helpers import flip_a_tensor_byte
 
 import pyg_lecc
 from pyg_lecc import NIRGNN, LightweightECC, LocalNonLocalConv, image_knn_graph
 from pyg_lecc.models import (
+    default_weights_path,
     get_model,
     list_models,
     load_weights,
@@ -159,24 +161,12 @@ DAMAGED = {
     "sparse_tensor": "not a mapping of names to dense real CPU tensors",
     "unregistered_model": "unknown model 'resnet'",
     "unsafe_object": "never loaded",
-    "random_binary": "not a PyTorch weights archive",
-    "truncated": "not a PyTorch weights archive",
-    "empty": "not a PyTorch weights archive",
+    "random_binary": "not a safetensors file or a PyTorch weights archive",
+    "truncated": "not a safetensors file or a PyTorch weights archive",
+    "empty": "not a safetensors file or a PyTorch weights archive",
     "foreign_zip": r"the file is damaged \(",
     "flipped_byte": r"the file is damaged \(checksum of member .*data/",
 }
-
-
-def _flip_a_tensor_byte(data: bytes) -> bytes:
-    # One bit of the largest tensor's stored bytes: the archive stays a valid zip, and
-    # without its CRC check the tensor would load with a changed value.
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        tensors = [i for i in archive.infolist() if "/data/" in i.filename]
-        info = max(tensors, key=lambda i: i.file_size)
-    header = info.header_offset
-    name_len, extra_len = struct.unpack("<HH", data[header + 26 : header + 30])
-    position = header + 30 + name_len + extra_len + info.file_size // 2
-    return data[:position] + bytes([data[position] ^ 0x10]) + data[position + 1 :]
 
 
 def write_damaged_weights(path: Path, kind: str) -> None:
@@ -220,7 +210,7 @@ def write_damaged_weights(path: Path, kind: str) -> None:
     elif kind == "empty":
         data = b""
     elif kind == "flipped_byte":
-        data = _flip_a_tensor_byte(data)
+        data = flip_a_tensor_byte(data)
     path.write_bytes(data)
 
 
@@ -250,3 +240,13 @@ def test_diverged_model_fails_at_the_graph():
         model.branches[0].convs[0].weight.fill_(float("nan"))
     with pytest.raises(ValueError, match="NaN or infinite values at 144 of 144 pixels"):
         model(torch.rand(1, 1, 12, 12))
+
+
+@pytest.mark.parametrize("name", ["nir-gnn", "cnn"])
+def test_shipped_weights_are_safetensors_with_their_metadata(name):
+    path = default_weights_path(name)
+    assert path.suffix == ".safetensors"
+    meta, _ = load_weights(path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert meta["model"] == name and meta["config"] == card["config"]
+    assert meta["training"]["iterations"] == card["iterations"]

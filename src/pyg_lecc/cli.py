@@ -21,7 +21,7 @@ Example:
     .. code-block:: console
 
         $ pyg-lecc colorize scene_nir.tif -o colorized/ --weights default
-        $ pyg-lecc evaluate --data ../shared/data/vcip2020 --weights runs/gnn/weights.pt \\
+        $ pyg-lecc evaluate --data ../shared/data/vcip2020 --weights runs/gnn/weights.safetensors \\
               --json runs/gnn/validation.json
 """
 
@@ -134,6 +134,14 @@ def _add_tiling(parser: argparse.ArgumentParser, tile: int) -> None:
     )
 
 
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder")
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
 def _add_model_choice(parser: argparse.ArgumentParser, weights_required: bool) -> None:
     parser.add_argument(
         "--weights",
@@ -150,7 +158,7 @@ def _add_model_choice(parser: argparse.ArgumentParser, weights_required: bool) -
         help="which default weights '--weights default' means; a weights file names its "
         "own model (default: nir-gnn)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _add_device(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,15 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train_command(sub)
+    _add_pack_data_command(sub)
+    _add_evaluate_command(sub)
+    _add_colorize_command(sub)
+    return parser
 
-    # train: defaults are those of pyg_lecc.training.TrainConfig (the paper's recipe).
+
+def _add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Defaults are those of pyg_lecc.training.TrainConfig (the paper's recipe).
     p = sub.add_parser(
         "train",
         help="train a model",
         description="Train NIR-GNN or the CNN "
         "baseline with the paper's recipe (Adam, MSE, 42x42 patches).",
     )
-    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder")
+    _add_data(p)
     p.add_argument("--model", choices=list_models(), default="nir-gnn", help="(default: nir-gnn)")
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output folder")
     for flag, kind, default, text in (
@@ -187,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--ckpt-every", _int_at_least(1), 200, "checkpoint every N iterations"),
     ):
         p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default:g})")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _add_device(p)
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument(
         "--val-split",
@@ -199,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_int_at_least(1), default=None, help="CPU threads (default: all cores)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_train_budget_options(p)
+    _add_train_selection_options(p)
+    p.set_defaults(handler=_cmd_train)
+
+
+def _add_train_budget_options(p: argparse.ArgumentParser) -> None:
+    """Schedule, time budget, starting weights and precision of ``train``."""
     p.add_argument(
         "--schedule",
         choices=SCHEDULES,
@@ -229,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="bfloat16 autocast of the training forward pass (default: none; TF32 is on "
         "on CUDA anyway)",
     )
+
+
+def _add_train_selection_options(p: argparse.ArgumentParser) -> None:
+    """Weight averaging and held-out selection of ``train``."""
     p.add_argument(
         "--ema",
         type=_fraction,
@@ -263,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="correct the --ema average's bias towards the starting weights (as Adam's "
         "moments): for short continuations of trained weights",
     )
-    p.set_defaults(handler=_cmd_train)
 
+
+def _add_pack_data_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "pack-data",
         help="write a compact, checksummed copy of a data set",
@@ -274,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checks it. The pack is built in a temporary folder next to OUT_DIR and moved into "
         "place only when complete.",
     )
-    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder")
+    _add_data(p)
     p.add_argument(
         "--out",
         required=True,
@@ -284,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_pack_data)
 
+
+def _add_evaluate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "evaluate",
         help="evaluate a model on a data set split",
@@ -291,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         "truth: PSNR, SSIM, per-pixel angular error (degrees) and whole-image angular error "
         "(radians, the paper's AE).",
     )
-    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder")
+    _add_data(p)
     p.add_argument(
         "--split",
         choices=("validation", "val", "train"),
@@ -306,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tiling(p, tile=256)
     p.set_defaults(handler=_cmd_evaluate)
 
+
+def _add_colorize_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "colorize",
         help="colorize NIR images",
@@ -328,7 +359,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_tiling(p, tile=DEFAULT_TILE)
     p.set_defaults(handler=_cmd_colorize)
-    return parser
 
 
 # --------------------------------------------------------------------------------------------

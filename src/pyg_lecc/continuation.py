@@ -2,7 +2,7 @@
 
 Two steps, run from the command line by ``scripts/train_continue.py``:
 
-- :func:`start` continues weights (by default the shipped ``nir-gnn.pt``) with
+- :func:`start` continues weights (by default the shipped ``nir-gnn.safetensors``) with
   ``pyg-lecc train --init-from`` in a run folder outside the git work tree, on an explicit
   number of CPU threads, for a time budget that ends ``margin`` before a stop time: warm-up,
   cosine decay over the budget, a bias-corrected weight average (EMA) with recomputed
@@ -12,11 +12,12 @@ Two steps, run from the command line by ``scripts/train_continue.py``:
   ``kill -INT <pid>`` reaches it directly: it checkpoints and stops.
 - :func:`finish` turns a stopped run into its best weights: the raw and the averaged weights
   of its checkpoint are scored on the held-out pairs and the better one is kept, next to the
-  run as ``nir-gnn.pt`` and ``nir-gnn.json``. It is scored on the validation images too (only
-  reported, never used to choose). If it beats the shipped weights on the held-out pairs, it
-  replaces them and their metadata, the shipped training log gets the run's lines, and the
-  README figure is drawn again. Every finish appends a row to the training ledger of the
-  model card, shipped or not: the compute spent is on record either way.
+  run as ``nir-gnn.safetensors`` (its metadata in the header) and ``nir-gnn.json``. It is
+  scored on the validation images too (only reported, never used to choose). If it beats
+  the shipped weights on the held-out pairs, it replaces them and their metadata, the
+  shipped training log gets the run's lines, and the README figure is drawn again. Every
+  finish appends a row to the training ledger of the model card, shipped or not: the
+  compute spent is on record either way.
 
 Each start is a new run from the latest weights: its learning-rate schedule starts again with
 a warm-up (warm restarts), which also keeps the runs independent of each other's length. The
@@ -51,21 +52,15 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import update_bn
 
+from pyg_lecc._atomic import atomic_copy, write_atomically
 from pyg_lecc.data import PairedImageDataset, find_pairs, load_pair
 from pyg_lecc.inference import DEFAULT_SEARCH_WINDOW, colorize
 from pyg_lecc.metrics import METRIC_KEYS, evaluate_pair, summarize
 from pyg_lecc.models import NIRGNN, load_weights, model_from_weights, nir_gnn, save_weights
-from pyg_lecc.training import (
-    CHECKPOINT_NAME,
-    LOG_NAME,
-    TrainConfig,
-    _atomic_copy,
-    _bn_batches,
-    _holdout_indices,
-    _load_checkpoint,
-    _write_atomically,
-    limit_numba_threads,
-)
+from pyg_lecc.training import CHECKPOINT_NAME, LOG_NAME, TrainConfig, limit_numba_threads
+from pyg_lecc.training.averaging import _bn_batches
+from pyg_lecc.training.checkpoint import _load_checkpoint
+from pyg_lecc.training.holdout import _holdout_indices
 
 __all__ = [
     "DEFAULT_MARGIN_S",
@@ -316,9 +311,12 @@ def _sha256(path: Path) -> str:
 
 
 def _previous_metadata(weights: Path) -> dict[str, Any]:
-    # Kept in the run's record: finish extends it even if the file has changed since.
+    # Kept in the run's record: finish extends it even if the file has changed since. The
+    # .json next to the weights, else the training metadata in their header.
     path = weights.with_suffix(".json")
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if path.is_file():
+        return json.loads(path.read_text())
+    return load_weights(weights)[0].get("training", {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +355,7 @@ def finish(
 
     Args:
         run: A run folder of :func:`start` whose trainer has stopped.
-        weights_dir: Folder of the shipped ``nir-gnn.pt``, ``nir-gnn.json`` and
+        weights_dir: Folder of the shipped ``nir-gnn.safetensors``, ``nir-gnn.json`` and
             ``nir-gnn.log.jsonl``.
         model_card: The model card (Markdown) whose training ledger gets a row.
         figure: The README figure to draw again when the weights are replaced (``None``:
@@ -378,7 +376,7 @@ def finish(
     """
     run = Path(run).absolute()
     record = _read_record(run)
-    weights = run / f"{MODEL}.pt"
+    weights = run / f"{MODEL}.safetensors"
     if weights.with_suffix(".json").exists():
         raise ValueError(
             f"{run} is finished already ({weights.with_suffix('.json').name}); delete it to "
@@ -393,7 +391,7 @@ def finish(
         candidates = _candidates(ckpt, config, train_set)
         scores = {label: _score(model, held_out) for label, model in candidates.items()}
         label = max(scores, key=lambda name: scores[name]["psnr"])
-        shipped_path = Path(weights_dir) / f"{MODEL}.pt"
+        shipped_path = Path(weights_dir) / f"{MODEL}.safetensors"
         before = _score(model_from_weights(shipped_path)[0], held_out)
         val = _score(candidates[label], validation)
     finally:
@@ -401,10 +399,10 @@ def finish(
     ship = scores[label]["psnr"] > before["psnr"]
     now = (now or datetime.now().astimezone()).astimezone()
     meta = _metadata(record, ckpt, config, candidates[label], label, scores[label], val, ship, now)
-    save_weights(candidates[label], MODEL, weights)
+    save_weights(candidates[label], MODEL, weights, training=meta)
     _write_text(weights.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     if ship:
-        _atomic_copy(weights, shipped_path)
+        atomic_copy(weights, shipped_path)
         _write_text(shipped_path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
         _append_run_log(shipped_path.with_suffix(".log.jsonl"), run)
     row = _ledger_row(meta, scores[label], label, before, now, run.name, ship)
@@ -412,7 +410,7 @@ def finish(
     if ship and figure is not None:
         if figure_script is None:
             raise ValueError("drawing the figure needs figure_script (examples/nir_colorize.py)")
-        cnn = Path(weights_dir) / "cnn.pt"
+        cnn = Path(weights_dir) / "cnn.safetensors"
         regenerate_figure(figure, figure_script, shipped_path, cnn, threads)
     return {
         "selected": label,
@@ -552,7 +550,7 @@ def _metadata(
 
 
 def _write_text(path: Path, text: str) -> None:
-    _write_atomically(path, lambda tmp: tmp.write_text(text))
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def _append_run_log(path: Path, run: Path) -> None:
@@ -631,7 +629,7 @@ def regenerate_figure(
                 f"updated, the figure {figure} is not; run it again by hand"
             )
         figure.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_copy(Path(tmp) / "comparison.png", Path(figure))
+        atomic_copy(Path(tmp) / "comparison.png", Path(figure))
 
 
 # --------------------------------------------------------------------------------------------

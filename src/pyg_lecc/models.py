@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
-import zipfile
-import zlib
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -21,6 +18,7 @@ from torch import Tensor, nn
 
 from pyg_lecc.conv import LightweightECC
 from pyg_lecc.graph import ImageKNNGraph, image_to_nodes, nodes_to_image
+from pyg_lecc.weight_files import read_weights_file, write_weights_file
 
 _LEAKY_SLOPE = 0.2
 
@@ -293,51 +291,24 @@ _CONFIG_TYPES: dict[str, type] = {
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Loads a weights file written by :func:`save_weights` without running any code
-    (``torch.load(weights_only=True)``).
+    """Loads a weights file written by :func:`save_weights` (safetensors), or an earlier
+    ``torch.save`` archive, without running any code (:mod:`pyg_lecc.weight_files`).
 
     Returns:
-        The model name and architecture config, and the state dict.
+        The model name, architecture config and (when stored) training metadata, and the
+        state dict.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is a directory, or not a valid weights file: not a complete
-            PyTorch archive, a member whose CRC-32 checksum does not match its bytes (a
-            flipped bit), objects other than tensors and plain values, missing entries, an
-            unregistered model name, an unknown or invalid config value, or a tensor that is
-            not finite. The message names the file and the problem.
+        ValueError: ``path`` is a directory, or not a valid weights file: truncated or of
+            another format, tensors that do not match the stored hash (safetensors) or CRC-32
+            checksums (a flipped bit), objects other than tensors and plain values, missing
+            entries, an unregistered model name, an unknown or invalid config value, or a
+            tensor that is not finite. The message names the file and the problem.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"the weights file {path} is a directory")
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    # torch.save writes zip archives; checking first gives a clear message for truncated and
-    # foreign files instead of torch's unpickling errors.
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"cannot load weights from {path}: not a PyTorch weights archive (the file is "
-            "truncated, damaged or of another format)"
-        )
-    _check_archive_checksums(path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch's message advises weights_only=False, i.e. running the file's code: not shown.
-        raise ValueError(
-            f"cannot load weights from {path}: it is damaged or holds objects other than "
-            "tensors and plain values, which are never loaded (that could run code)"
-        ) from err
-    except Exception as err:  # damaged zip members, read errors
-        detail = " ".join(str(err).split()) or type(err).__name__
-        raise ValueError(
-            f"cannot load weights from {path}: the file is damaged ({detail})"
-        ) from err
-    if not isinstance(blob, dict) or not {"model", "config", "state_dict"} <= blob.keys():
-        raise ValueError(
-            f"{path} is not a pyg_lecc weights file (expected keys 'model', 'config', 'state_dict')"
-        )
-    name, config, state = blob["model"], blob["config"], blob["state_dict"]
+    meta, state = read_weights_file(path)
+    name, config = meta.get("model"), meta.get("config")
     if name not in _REGISTRY:
         raise ValueError(f"{path} holds weights of unknown model {name!r}; known: {list_models()}")
     _check_config(path, config)
@@ -350,25 +321,10 @@ def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     for key, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{path} is damaged: tensor {key!r} holds NaN or infinite values")
-    return {"model": name, "config": dict(config)}, state
-
-
-def _check_archive_checksums(path: Path) -> None:
-    # torch.load does not verify the zip's CRC-32 of each member: a flipped bit in a tensor's
-    # bytes would load as a silently different weight.
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
-        detail = " ".join(str(err).split()) or type(err).__name__
-        raise ValueError(
-            f"cannot load weights from {path}: the file is damaged ({detail})"
-        ) from err
-    if damaged is not None:
-        raise ValueError(
-            f"cannot load weights from {path}: the file is damaged (checksum of member "
-            f"{damaged!r} does not match its contents)"
-        )
+    loaded = {"model": name, "config": dict(config)}  # type: ignore[arg-type]
+    if isinstance(meta.get("training"), dict):
+        loaded["training"] = meta["training"]
+    return loaded, state
 
 
 def _is_plain(tensor: Tensor) -> bool:
@@ -401,11 +357,23 @@ def _check_config(path: Path, config: object) -> None:
             raise ValueError(f"{path} is damaged: invalid config value {key}={value!r}")
 
 
-def save_weights(model: NIRGNN, name: str, path: str | Path) -> None:
-    """Saves a model's weights with its name and architecture config (plain tensors and
-    Python literals only, so :func:`load_weights` needs no pickled code)."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"model": name, "config": model.config(), "state_dict": state}, Path(path))
+def save_weights(
+    model: NIRGNN, name: str, path: str | Path, training: dict[str, Any] | None = None
+) -> None:
+    """Saves a model's weights as a safetensors file (``.safetensors`` by convention), with
+    its name, architecture config and optional training metadata in the header, atomically.
+
+    Args:
+        model: The model.
+        name: Its registered name (:obj:`"nir-gnn"` or :obj:`"cnn"`).
+        path: Destination file.
+        training: JSON-serialisable training metadata (iterations, hardware, scores, ...),
+            returned by :func:`load_weights` as ``"training"``.
+    """
+    metadata: dict[str, Any] = {"model": name, "config": model.config()}
+    if training is not None:
+        metadata["training"] = training
+    write_weights_file(path, model.state_dict(), metadata)
 
 
 def nir_gnn(*, weights: str | Path | None = None, **kwargs: Any) -> NIRGNN:
@@ -456,7 +424,7 @@ def default_weights_path(name: str) -> Path:
     """Path of the weights shipped for model :obj:`name`."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {list_models()}")
-    return _weights_dir() / f"{name}.pt"
+    return _weights_dir() / f"{name}.safetensors"
 
 
 def model_from_weights(path: str | Path, **runtime: Any) -> tuple[NIRGNN, str]:

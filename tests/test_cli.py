@@ -472,6 +472,7 @@ def test_train_builds_config(tmp_path, monkeypatch, capsys):
         "bn_batches": 16,
         "holdout_pairs": None,
         "ema_bias_correction": False,
+        "compile": "none",
     }
     assert "7 of 7 iterations (time budget reached)" in capsys.readouterr().out
 

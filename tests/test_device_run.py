@@ -1,6 +1,7 @@
 """The CPU rehearsal of the device runbook (scripts/device_run.py): every stage runs, with tiny
-sizes, so that a lent GPU is never spent on a typo."""
+sizes, so that a lent GPU is never spent on a typo; and its decisions, unit by unit."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,37 +11,77 @@ import pytest
 import torch
 from training_helpers import _make_data
 
-from pyg_lecc.data import pack_dataset
-from pyg_lecc.models import load_weights
+from pyg_lecc.data import find_pairs, pack_dataset
+from pyg_lecc.models import load_weights, nir_gnn, save_weights
 
 REPO = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("device_run", REPO / "scripts" / "device_run.py")
+device_run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(device_run)
+
+
+def test_cnn_trains_only_while_behind_f99(tmp_path):
+    assert device_run.cnn_iterations_due(cnn_iterations=9190, f99_iterations=0) == 0
+    assert device_run.cnn_iterations_due(cnn_iterations=9190, f99_iterations=9190) == 0
+    assert device_run.cnn_iterations_due(cnn_iterations=9190, f99_iterations=12000) == 2810
+    assert device_run.read_iterations(tmp_path / "absent.json") == 0
+    (tmp_path / "cnn.json").write_text(json.dumps({"iterations": 9190}))
+    assert device_run.read_iterations(tmp_path / "cnn.json") == 9190
+
+
+def _entry(batch, s, amp="none", compile_s=None):
+    entry = {"impl": "reference", "amp": amp, "batch": batch, "s_per_iter": s}
+    if compile_s is not None:
+        entry.update(compile="reduce-overhead", compile_s=compile_s)
+    return entry
+
+
+def test_choose_setting_counts_patches_and_compile_time():
+    choose = device_run.choose_setting
+    # Batch 32 at 0.1 s trains more patches per second than batch 10 at 0.05 s.
+    assert choose([_entry(10, 0.05), _entry(32, 0.1)], 100)["batch"] == 32
+    # A failed setting (no time) is never chosen; nothing usable gives None.
+    assert (
+        choose([_entry(10, 0.05), {"amp": "none", "batch": 32, "errors": ["x"]}], 100)["batch"]
+        == 10
+    )
+    assert choose([], 100) is None
+    # Compiling pays off over a long budget, not over a short one.
+    faster = _entry(10, 0.03, compile_s=40)
+    assert choose([_entry(10, 0.05), faster], 300) is faster
+    assert "compile_s" not in choose([_entry(10, 0.05), faster], 60)
+    # bfloat16 only for a clear gain.
+    assert choose([_entry(10, 0.05), _entry(10, 0.045, "bf16")], 100)["amp"] == "none"
+    assert choose([_entry(10, 0.05), _entry(10, 0.03, "bf16")], 100)["amp"] == "bf16"
+    assert device_run.batch10_time([_entry(10, 0.05), faster, _entry(16, 0.01)]) == 0.03
+    assert device_run.batch10_time([_entry(16, 0.01)]) is None
+
+
+def _weights_dir(tmp_path: Path) -> Path:
+    """A weights folder where F=99 (here the rehearsal's tiny width) is 3 iterations ahead
+    of the CNN, so that both train and F=99 continues."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    arch = device_run.REHEARSAL["model"]
+    save_weights(nir_gnn(**arch), "nir-gnn", folder / "nir-gnn-f99.safetensors")
+    (folder / "nir-gnn-f99.json").write_text(json.dumps({"iterations": 3}))
+    (folder / "cnn.json").write_text(json.dumps({"iterations": 0}))
+    return folder
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the rehearsal is the CPU run")
 def test_runbook_rehearsal_runs_every_stage(tmp_path):
+    data = _make_data(tmp_path / "data")
     pack = tmp_path / "pack"
-    pack_dataset(_make_data(tmp_path / "data"), pack)
+    pack_dataset(data, pack)
+    holdout = tmp_path / "holdout.txt"
+    holdout.write_text(find_pairs(data, "train")[0].name + "\n")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "device_run.py"),
-            "run",
-            "--rehearsal",
-            "--pack",
-            str(pack),
-            "--out",
-            str(out),
-            "--work",
-            str(tmp_path / "work"),
-            "--deadline",
-            "600",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    cmd = [sys.executable, str(REPO / "scripts" / "device_run.py"), "run", "--rehearsal"]
+    cmd += ["--pack", str(pack), "--out", str(out), "--work", str(tmp_path / "work")]
+    cmd += ["--deadline", "600", "--weights-dir", str(_weights_dir(tmp_path))]
+    cmd += ["--holdout-pairs", str(holdout)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     log = (out / "device_run.log").read_text()
     assert proc.returncode == 0, log + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -55,19 +96,60 @@ def test_runbook_rehearsal_runs_every_stage(tmp_path):
         "bench_reference",
         "probe_reference_none",
         "probe_reference_bf16",
-        "train_nir-gnn",
+        "inspect_nir-gnn-f99",
+        "train_nir-gnn-f99",
         "train_cnn",
-        "eval_nir-gnn_trained",
-        "eval_cnn_trained",
+        "score_nir-gnn-f99_trained",
+        "score_cnn_trained",
+        "score_nir-gnn_shipped",
     } <= set(metrics["stages"])
     assert metrics["cuda_kernels_passed"] is False
-    assert set(metrics["validation"]) == {"nir-gnn_trained", "cnn_trained"}
-    assert all(m["psnr"] > 0 for m in metrics["validation"].values())
-    bench = json.loads((out / "bench_operators.json").read_text())
-    ops = {e["operator"] for e in bench["reference"]["entries"]}
-    assert {"lecc_node", "gat", "gcn"} <= ops
-    for name in ("nir-gnn", "cnn"):
-        assert load_weights(out / f"{name}.safetensors")[0]["model"] == name
-        lines = (out / f"{name}.log.jsonl").read_text().splitlines()
-        assert json.loads(lines[-1])["kind"] == "stop"
+    assert {"lecc_node", "gat", "gcn"} <= {
+        e["operator"] for e in metrics["bench_operators"]["reference"]["entries"]
+    }
+    _check_probe(metrics, log)
+    assert metrics["iterations_before"] == {"nir-gnn-f99": 3, "cnn": 0, "cnn_due": 3}
+    assert "--init-from" in log and "--ema-bias-correction" in log
+    _check_scores(metrics, out)
     assert len(list(out.iterdir())) <= 8  # what a device call returns
+
+
+def _check_probe(metrics: dict, log: str) -> None:
+    probe = metrics["probe"]
+    assert {(e["batch"], e["amp"]) for e in probe["entries"]} == {
+        (b, amp) for b in (10, 2, 4) for amp in ("none", "bf16")
+    }
+    assert all(e["s_per_iter"] > 0 and "compile_s" not in e for e in probe["entries"])
+    assert probe["batch10_s_per_iter"] > 0 and probe["seconds"] <= 60
+    choice = metrics["training_choice"]
+    assert f"--batch-size {choice['batch']}" in log  # the trainer uses the probe's choice
+    assert "--compile none" in log and "--holdout-pairs" in log
+
+
+def _check_scores(metrics: dict, out: Path) -> None:
+    scores = metrics["scores"]
+    assert set(scores) == {"nir-gnn-f99_trained", "cnn_trained", "nir-gnn_shipped"}
+    assert all(s[split]["psnr"] > 0 for s in scores.values() for split in ("holdout", "validation"))
+    assert all(
+        s["holdout"]["pairs"] == 1 and s["validation"]["pairs"] == 2 for s in scores.values()
+    )
+    assert metrics["holdout_comparison"]["better"] in ("nir-gnn-f99", "nir-gnn (shipped default)")
+    for stem, model, before in (("nir-gnn-f99", "nir-gnn", 3), ("cnn", "cnn", 0)):
+        assert load_weights(out / f"{stem}.safetensors")[0]["model"] == model
+        lines = [json.loads(x) for x in (out / f"{stem}.log.jsonl").read_text().splitlines()]
+        meta = json.loads((out / f"{stem}.json").read_text())
+        assert meta["iterations"] == before + max(e["iteration"] for e in lines)
+        assert meta["lineage"][-1]["holdout"] == scores[f"{stem}_trained"]["holdout"]
+    assert metrics["cumulative_iterations"]["cnn"] == 3  # caught up with F=99's 3, no further
+
+
+def test_train_compile_option_is_checked():
+    from pyg_lecc.cli import build_parser
+    from pyg_lecc.training import TrainConfig
+
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--out", "o", "--compile", "reduce-overhead"]
+    )
+    assert args.compile == "reduce-overhead"
+    with pytest.raises(ValueError, match="compile must be one of"):
+        TrainConfig(data="d", out="o", compile="max-speed")

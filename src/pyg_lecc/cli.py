@@ -61,7 +61,14 @@ from pyg_lecc.inference import (
 )
 from pyg_lecc.metrics import METRIC_KEYS, evaluate_pair, summarize
 from pyg_lecc.models import list_models
-from pyg_lecc.training import AMP_MODES, SCHEDULES, TrainConfig, limit_numba_threads, train
+from pyg_lecc.training import (
+    AMP_MODES,
+    COMPILE_MODES,
+    SCHEDULES,
+    TrainConfig,
+    limit_numba_threads,
+    train,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -250,6 +257,13 @@ def _add_train_budget_options(p: argparse.ArgumentParser) -> None:
         default="none",
         help="bfloat16 autocast of the training forward pass (default: none; TF32 is on "
         "on CUDA anyway)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="none",
+        help="torch.compile the training steps (default: none; reduce-overhead uses CUDA "
+        "graphs; compiling takes tens of seconds per session)",
     )
 
 
@@ -461,6 +475,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         bn_batches=args.bn_batches,
         holdout_pairs=args.holdout_pairs,
         ema_bias_correction=args.ema_bias_correction,
+        compile=args.compile,
     )
     if args.threads is not None:
         limit_numba_threads(args.threads)  # no idle Numba worker spinning on another core

@@ -16,6 +16,7 @@ __all__ = [
     "AMP_MODES",
     "BEST_NAME",
     "CHECKPOINT_NAME",
+    "COMPILE_MODES",
     "LOG_NAME",
     "RESUME_FIELDS",
     "SCHEDULES",
@@ -64,6 +65,9 @@ SCHEDULES: tuple[str, ...] = ("exp", "cosine")
 """Learning-rate decays after the warm-up: exponential (the paper's) or cosine."""
 AMP_MODES: tuple[str, ...] = ("none", "bf16")
 """Mixed-precision modes of the training forward pass."""
+COMPILE_MODES: tuple[str, ...] = ("none", "default", "reduce-overhead")
+"""``torch.compile`` modes of the training model (``"none"``: eager; ``"reduce-overhead"``:
+with CUDA graphs)."""
 BEST_NAME = "best.safetensors"
 """File name of the best weights by selection score (runs with ``holdout``)."""
 
@@ -134,6 +138,10 @@ class TrainConfig:
             updates. Without it, the starting weights keep ``ema ** t`` of the average (55 %
             after 600 updates at 0.999), which a short continuation of trained weights
             mostly validates instead of its own progress.
+        compile: ``torch.compile`` the training model (forward and backward; validation,
+            checkpoints and exported weights use the plain module): ``"none"`` (eager),
+            ``"default"`` or ``"reduce-overhead"`` (CUDA graphs). Compilation takes tens of
+            seconds at the start of each session.
 
     Raises:
         ValueError: A value is out of range, the model is unknown, or the device is not
@@ -170,6 +178,7 @@ class TrainConfig:
     bn_batches: int = 16
     holdout_pairs: str | None = None
     ema_bias_correction: bool = False
+    compile: str = "none"
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -241,7 +250,11 @@ class TrainConfig:
             )
         if self.warmup >= self.iters:
             raise ValueError(f"warmup ({self.warmup}) must be below iters ({self.iters})")
-        for name, choices in (("schedule", SCHEDULES), ("amp", AMP_MODES)):
+        for name, choices in (
+            ("schedule", SCHEDULES),
+            ("amp", AMP_MODES),
+            ("compile", COMPILE_MODES),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
 

@@ -189,6 +189,9 @@ class _Run:
             self.model = DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None
             )
+        if config.compile != "none":
+            # Only the training steps run compiled: state dicts keep the plain module's keys.
+            self.model = torch.compile(self.model, mode=config.compile)
         self.stored_config = _stored_config(config, out)
         self.session_start = time.monotonic()
         self.sigint = _DeferredSigint(announce=info.is_main)

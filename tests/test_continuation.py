@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -236,6 +237,12 @@ def test_finish_refuses_a_running_or_foreign_folder(copies, tmp_path):
     # A process whose command line names the run, as the trainer's does.
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run)])
     try:
+        # Popen returns after the fork: wait for the exec, which gives it its command line.
+        cmdline = Path(f"/proc/{sleeper.pid}/cmdline")
+        for _ in range(200):
+            if str(run).encode() in cmdline.read_bytes():
+                break
+            time.sleep(0.05)
         record = json.loads((run / "continue.json").read_text())
         (run / "continue.json").write_text(json.dumps({**record, "pid": sleeper.pid}))
         with pytest.raises(ValueError, match=f"still runs .*kill -INT {sleeper.pid}"):

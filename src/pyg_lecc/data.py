@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ import tifffile
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from pyg_lecc._atomic import temporary_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -320,9 +321,8 @@ def write_file_atomic(path: str | os.PathLike[str], data: bytes, overwrite: bool
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique hidden name in the same folder (same file system, so the rename is atomic);
-    # not mkstemp, whose 0600 mode would stick to the final file.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # Not mkstemp, whose 0600 mode would stick to the final file.
+    tmp = temporary_path(path)
     try:
         with open(tmp, "xb") as f:
             f.write(data)
@@ -696,7 +696,7 @@ def pack_dataset(source: str | os.PathLike[str], out: str | os.PathLike[str]) ->
         if "not found" not in str(err):
             raise
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    tmp = temporary_path(out)
     try:
         result = _write_pack(source, splits, tmp)
         if out.is_dir():

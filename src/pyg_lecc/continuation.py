@@ -195,7 +195,7 @@ def start(
     meta, _ = load_weights(weights)
     if meta["model"] != MODEL:
         raise ValueError(f"{weights} holds {meta['model']!r} weights, not {MODEL!r}")
-    previous = _previous_metadata(weights)
+    previous = _previous_metadata(weights, meta)
     if iterations_before is None:
         iterations_before = previous.get("iterations")
         if not isinstance(iterations_before, int):
@@ -310,13 +310,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _previous_metadata(weights: Path) -> dict[str, Any]:
+def _previous_metadata(weights: Path, meta: dict[str, Any]) -> dict[str, Any]:
     # Kept in the run's record: finish extends it even if the file has changed since. The
-    # .json next to the weights, else the training metadata in their header.
+    # .json next to the weights, else the training metadata of their header (``meta``).
     path = weights.with_suffix(".json")
     if path.is_file():
         return json.loads(path.read_text())
-    return load_weights(weights)[0].get("training", {})
+    return meta.get("training", {})
 
 
 # --------------------------------------------------------------------------------------------

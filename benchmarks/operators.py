@@ -8,6 +8,11 @@ Every operator maps ``F`` to ``F`` features with mean aggregation where it has a
   device's kernel (:func:`pyg_lecc.ops.backend_for`: Numba on CPU);
 - ``lecc_ref``: the same node-level layer with the fused op forced to its plain PyTorch
   reference (:func:`pyg_lecc.ops.use_reference`), i.e. the fallback without a kernel;
+- ``lecc_attr`` / ``lecc_attr_ref``: the same layer in its ``edge_dim`` mode
+  (``edge_dim=F``) fed ``edge_attr = x_j - x_i`` (computed inside the measured call, as for
+  ``nnconv``), i.e. the same function as ``lecc_node`` through the per-edge hidden layer and
+  the fused op :func:`pyg_lecc.ops.edge_label_aggregate`, with the device's kernel / forced
+  to the reference;
 - ``gcn``: ``GCNConv(F, F)`` (self-loops and symmetric normalisation, PyG defaults);
 - ``gat``: ``GATConv(F, F // 3, heads=3)``, concatenated: output width ``F`` and about the
   parameter count of GCNConv;
@@ -59,6 +64,8 @@ from pyg_lecc.ops import backend_for, use_reference
 OPERATORS: tuple[str, ...] = (
     "lecc_node",
     "lecc_ref",
+    "lecc_attr",
+    "lecc_attr_ref",
     "lecc_edge",
     "gcn",
     "gat",
@@ -160,10 +167,16 @@ def make_graphs(
 def build_operator(name: str, features: int, rank: int = 11, gat_heads: int = 3) -> nn.Module:
     """One operator mapping ``features`` to ``features`` channels (see the module doc)."""
     F = features
-    if name in ("lecc_node", "lecc_ref", "lecc_edge"):
+    if name in ("lecc_node", "lecc_ref", "lecc_edge", "lecc_attr", "lecc_attr_ref"):
         implementation = "edge" if name == "lecc_edge" else "node"
+        edge_dim = F if name.startswith("lecc_attr") else None
         return LightweightECC(
-            F, F, rank=rank, circulant_stride=F // 3, implementation=implementation
+            F,
+            F,
+            rank=rank,
+            circulant_stride=F // 3,
+            implementation=implementation,
+            edge_dim=edge_dim,
         )
     if name == "gcn":
         return GCNConv(F, F)
@@ -195,18 +208,19 @@ def predicted_bytes(name: str, num_edges: int, features: int, rank: int, backwar
 
 
 def _call(name: str, op: nn.Module, x: Tensor, edge_index: Tensor) -> Callable[[], Tensor]:
-    if name == "nnconv":
+    if name in ("nnconv", "lecc_attr", "lecc_attr_ref"):
         src, dst = edge_index
         return lambda: op(x, edge_index, x.index_select(0, src) - x.index_select(0, dst))
     return lambda: op(x, edge_index)
 
 
 def _mode_fn(name: str, op: nn.Module, graph: GraphCase, mode: str) -> Callable[[], Any]:
+    reference = name.endswith("_ref")
     if mode == "forward":
         call = _call(name, op, graph.x, graph.edge_index)
 
         def forward() -> None:
-            with torch.no_grad(), use_reference(name == "lecc_ref"):
+            with torch.no_grad(), use_reference(reference):
                 call()
 
         return forward
@@ -218,7 +232,7 @@ def _mode_fn(name: str, op: nn.Module, graph: GraphCase, mode: str) -> Callable[
     def forward_backward() -> None:
         for p in (*params, x):
             p.grad = None
-        with use_reference(name == "lecc_ref"):  # backward included
+        with use_reference(reference):  # backward included
             call().sum().backward()
 
     return forward_backward
@@ -345,6 +359,9 @@ def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
             "lecc": "LightweightECC(F, F, rank=r, circulant_stride=F//3), node and edge paths",
             "lecc_node": f"fused edge op backend: {backend_for(device)}",
             "lecc_ref": "node path, fused edge op forced to the plain PyTorch reference",
+            "lecc_attr": "edge_dim=F mode fed edge_attr = x_j - x_i, fused op backend: "
+            f"{backend_for(device, 'edge_label_aggregate')}",
+            "lecc_attr_ref": "edge_dim=F mode, fused op forced to the plain PyTorch reference",
             "gcn": "GCNConv(F, F), PyG defaults (self-loops, symmetric normalisation)",
             "gat": f"GATConv(F, F//{cfg.gat_heads}, heads={cfg.gat_heads}, concat=True)",
             "nnconv": "NNConv(F, F, nn=Linear(F, F*F), aggr='mean'), edge_attr = x_j - x_i",

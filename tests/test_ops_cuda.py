@@ -237,4 +237,83 @@ def test_module_interface():
         "AVAILABLE",
         "edge_aggregate_backward",
         "edge_aggregate_forward",
+        "edge_label_aggregate_backward",
+        "edge_label_aggregate_forward",
     }
+
+
+# ------------------------------------------------------------------------------------------
+# edge_label_aggregate (the edge_dim mode's op; its kernels are opt-in on CUDA)
+# ------------------------------------------------------------------------------------------
+
+
+def label_reference(pre, gamma, V, c, w_omega, b_omega, rowptr, col):
+    num_dst, r, Fh = rowptr.numel() - 1, V.size(1), V.size(2)
+    dst = torch.repeat_interleave(torch.arange(num_dst, device=col.device), rowptr.diff())
+    z = F.leaky_relu(pre, SLOPE)
+    a = F.linear(z, w_omega, b_omega) * (torch.einsum("etg,eg->et", V[col], z) + c[col])
+    if gamma is not None:
+        a = gamma[:, None] * a
+    Q = torch.zeros(num_dst, r, Fh, dtype=z.dtype, device=z.device)
+    Q = Q.index_add(0, dst, torch.einsum("et,eg->etg", a, z))
+    P = torch.zeros(num_dst, r, dtype=z.dtype, device=z.device).index_add(0, dst, a)
+    return Q, P
+
+
+def run_and_compare_label(device, dtype, kind, num_src, num_dst, Fh, r, attention, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    rowptr, col = make_graph(kind, num_src, num_dst, gen)
+    E = col.numel()
+
+    def rnd(*shape, scale):
+        return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+
+    inputs = [
+        rnd(E, Fh, scale=0.5),
+        rnd(E, scale=1.0).abs() if attention else None,
+        rnd(num_src, r, Fh, scale=Fh**-0.5),
+        rnd(num_src, r, scale=0.3),
+        rnd(r, Fh, scale=Fh**-0.5),
+        rnd(r, scale=0.3),
+    ]
+    grad_Q = rnd(num_dst, r, Fh, scale=1.0)
+    grad_P = rnd(num_dst, r, scale=1.0)
+    rowptr, col = rowptr.to(device), col.to(device)
+    Q, P = kernels.edge_label_aggregate_forward(*inputs, rowptr, col, SLOPE)
+    grads = kernels.edge_label_aggregate_backward(grad_Q, grad_P, *inputs, rowptr, col, SLOPE)
+
+    leaves = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
+    ref_Q, ref_P = label_reference(*leaves, rowptr, col)
+    used = [t for t in leaves if t is not None]
+    loss = (ref_Q * grad_Q.double()).sum() + (ref_P * grad_P.double()).sum()
+    ref_grads = iter(torch.autograd.grad(loss, used, allow_unused=True))
+    tol = TOLERANCE[dtype]
+    assert Q.dtype == P.dtype == dtype
+    assert_close_scaled(Q, ref_Q.detach(), tol, "Q")
+    assert_close_scaled(P, ref_P.detach(), tol, "P")
+    names = ("pre", "gamma", "V", "c", "w_omega", "b_omega")
+    for name, inp, g in zip(names, inputs, grads, strict=True):
+        if inp is None:
+            assert g.numel() == 0, name
+            continue
+        ref = next(ref_grads)
+        ref = torch.zeros_like(inp, dtype=torch.float64) if ref is None else ref
+        assert g.dtype == dtype and g.shape == inp.shape, name
+        assert_close_scaled(g, ref, tol, "grad_" + name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("case", list(CASES))
+def test_label_float32_matches_reference(one_thread, backend, case, attention):
+    kind, num_src, num_dst, _, Fh, r = CASES[case]
+    run_and_compare_label(_device(backend), torch.float32, kind, num_src, num_dst, Fh, r, attention)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_label_paper_width_bfloat16(one_thread, backend):
+    run_and_compare_label(_device(backend), torch.bfloat16, "regular8", 10, 10, 99, 11, True)
+
+
+def test_label_float64_takes_reference(one_thread):
+    run_and_compare_label(torch.device("cpu"), torch.float64, "varying", 19, 11, 33, 4, True)

@@ -1,8 +1,10 @@
 """Edge-chunked building blocks of the node-level Lightweight ECC formulation.
 
-:class:`pyg_lecc.LightweightECC` now runs its whole per-edge pipeline as one fused operator,
-:func:`pyg_lecc.ops.edge_aggregate` (re-exported here). The two per-edge contractions it
-fuses remain available on their own, for formulations that need them separately:
+:class:`pyg_lecc.LightweightECC` runs its whole per-edge pipeline as one fused operator,
+:func:`pyg_lecc.ops.edge_aggregate` (re-exported here), or
+:func:`pyg_lecc.ops.edge_label_aggregate` in its ``edge_dim`` mode. The two per-edge
+contractions they fuse remain available on their own, for formulations that need them
+separately:
 
 * :func:`gather_contract`: ``u[e, t] = sum_g z[e, g] * V[src[e], t, g]``
 * :func:`scatter_outer`: ``Q[n, t, g] = sum_{e: dst[e] = n} a[e, t] * z[e, g]``

@@ -16,7 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_edge_aggregate_inputs", "check_knn_window", "fewest_candidates"]
+__all__ = [
+    "check_edge_aggregate_inputs",
+    "check_edge_label_aggregate_inputs",
+    "check_knn_window",
+    "fewest_candidates",
+]
 
 _NAMES = ("x_src", "x_dst", "y_src", "y_dst", "b0", "V", "c", "w_omega", "b_omega")
 
@@ -36,15 +41,19 @@ def _expected_shapes(floats: list[Tensor], num_dst: int) -> dict[str, tuple[int,
     }
 
 
-def _check_shapes(floats: list[Tensor], rowptr: Tensor, col: Tensor) -> None:
+def _check_index_shapes(rowptr: Tensor, col: Tensor, op: str) -> None:
     for name, index in (("rowptr", rowptr), ("col", col)):
         if index.dim() != 1 or index.dtype != torch.long:
             raise ValueError(
-                f"edge_aggregate: '{name}' must be a 1-D int64 tensor, got shape "
+                f"{op}: '{name}' must be a 1-D int64 tensor, got shape "
                 f"{tuple(index.shape)} and dtype {index.dtype}"
             )
     if rowptr.numel() == 0:
-        raise ValueError("edge_aggregate: 'rowptr' needs num_dst + 1 >= 1 entries, got none")
+        raise ValueError(f"{op}: 'rowptr' needs num_dst + 1 >= 1 entries, got none")
+
+
+def _check_shapes(floats: list[Tensor], rowptr: Tensor, col: Tensor) -> None:
+    _check_index_shapes(rowptr, col, "edge_aggregate")
     num_dst = rowptr.numel() - 1
     if floats[0].dim() != 2 or floats[5].dim() != 3:
         raise ValueError(
@@ -60,25 +69,27 @@ def _check_shapes(floats: list[Tensor], rowptr: Tensor, col: Tensor) -> None:
             )
 
 
-def _check_index_values(rowptr: Tensor, col: Tensor, num_src: int, on_host: bool) -> None:
+def _check_index_values(
+    rowptr: Tensor, col: Tensor, num_src: int, on_host: bool, op: str = "edge_aggregate"
+) -> None:
     num_edges = col.numel()
     if not on_host:
         ok = (rowptr[0] == 0) & (rowptr[-1] == num_edges) & (rowptr.diff() >= 0).all()
         if num_edges > 0:
             ok = ok & (col.min() >= 0) & (col.max() < num_src)
-        torch._assert_async(ok, "edge_aggregate: rowptr/col do not index the node tensors")
+        torch._assert_async(ok, f"{op}: rowptr/col do not index the node tensors")
         return
     first, last = int(rowptr[0]), int(rowptr[-1])
     if first != 0 or last != num_edges or not bool((rowptr.diff() >= 0).all()):
         raise ValueError(
-            f"edge_aggregate: 'rowptr' must rise from 0 to the number of edges "
+            f"{op}: 'rowptr' must rise from 0 to the number of edges "
             f"({num_edges}) without decreasing, got first {first} and last {last}"
         )
     if num_edges > 0:
         lo, hi = int(col.min()), int(col.max())
         if lo < 0 or hi >= num_src:
             raise IndexError(
-                f"edge_aggregate: source indices 'col' must lie in [0, {num_src - 1}], "
+                f"{op}: source indices 'col' must lie in [0, {num_src - 1}], "
                 f"found values in [{lo}, {hi}]"
             )
 
@@ -109,6 +120,61 @@ def check_edge_aggregate_inputs(
                     f"got {tuple(grad.shape)}"
                 )
     _check_index_values(rowptr, col, floats[0].size(0), on_host=rowptr.device.type == "cpu")
+
+
+_LABEL_NAMES = ("pre", "gamma", "V", "c", "w_omega", "b_omega")
+
+
+def check_edge_label_aggregate_inputs(
+    floats: list[Tensor | None], rowptr: Tensor, col: Tensor, grads: list[Tensor] | None = None
+) -> None:
+    r"""Checks the inputs of :func:`pyg_lecc.ops.edge_label_aggregate` (and, with
+    :obj:`grads`, the output gradients :math:`(\partial Q, \partial P)` of its backward)
+    against each other: shapes, pointer consistency and index ranges.
+
+    Args:
+        floats (list[torch.Tensor]): ``pre, gamma, V, c, w_omega, b_omega`` (``gamma`` may
+            be :obj:`None`).
+        rowptr (torch.Tensor): CSR pointers by target.
+        col (torch.Tensor): Source of every edge.
+        grads (list[torch.Tensor], optional): ``grad_Q, grad_P``. (default: :obj:`None`)
+    """
+    op = "edge_label_aggregate"
+    _check_index_shapes(rowptr, col, op)
+    pre, V = floats[0], floats[2]
+    if pre is None or V is None or pre.dim() != 2 or V.dim() != 3:
+        raise ValueError(
+            f"{op}: 'pre' must be 2-D and 'V' 3-D, got shapes "
+            f"{None if pre is None else tuple(pre.shape)} and "
+            f"{None if V is None else tuple(V.shape)}"
+        )
+    num_edges, num_dst, (num_src, r, Fh) = col.numel(), rowptr.numel() - 1, V.shape
+    expected = {
+        "pre": (num_edges, Fh),
+        "gamma": (num_edges,),
+        "V": (num_src, r, Fh),
+        "c": (num_src, r),
+        "w_omega": (r, Fh),
+        "b_omega": (r,),
+    }
+    for name, tensor in zip(_LABEL_NAMES, floats, strict=True):
+        if tensor is None and name == "gamma":
+            continue  # no attention
+        if tensor is None or tuple(tensor.shape) != expected[name]:
+            got = None if tensor is None else tuple(tensor.shape)
+            raise ValueError(
+                f"{op}: '{name}' must have shape {expected[name]} (from V and the "
+                f"{num_edges} entries of col), got {got}"
+            )
+    if grads is not None:
+        for name, grad, shape in zip(
+            ("grad_Q", "grad_P"), grads, ((num_dst, r, Fh), (num_dst, r)), strict=True
+        ):
+            if tuple(grad.shape) != shape:
+                raise ValueError(
+                    f"{op} backward: '{name}' must have shape {shape}, got {tuple(grad.shape)}"
+                )
+    _check_index_values(rowptr, col, num_src, rowptr.device.type == "cpu", op)
 
 
 def fewest_candidates(window: tuple[int, int], exclude_radius: int) -> int:

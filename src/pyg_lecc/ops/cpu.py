@@ -46,7 +46,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-from pyg_lecc.ops.checks import check_edge_aggregate_inputs
+from pyg_lecc.ops.checks import check_edge_aggregate_inputs, check_edge_label_aggregate_inputs
 
 # No "nnan"/"ninf": exp() of large negative distances must stay exact zeros, not UB.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -56,8 +56,7 @@ _BLOCKS_PER_THREAD = 4
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _forward(x_src, x_dst, y_src, y_dst, b0, V, c, w, bw, rowptr, col, inv_delta, slope, Q, P):
-    num_dst, Fin = rowptr.shape[0] - 1, x_src.shape[1]
-    r, Fh = V.shape[1], V.shape[2]
+    num_dst, Fin, Fh = rowptr.shape[0] - 1, x_src.shape[1], V.shape[2]
     zero = V.dtype.type(0)  # typed: an int literal would promote float32 to float64
     for i in prange(num_dst):
         z = np.empty_like(b0)
@@ -73,15 +72,54 @@ def _forward(x_src, x_dst, y_src, y_dst, b0, V, c, w, bw, rowptr, col, inv_delta
             for g in range(Fh):
                 p = y_src[j, g] - y_dst[i, g] + b0[g]
                 z[g] = p if p > zero else p * slope
-            for t in range(r):
-                omega, u = bw[t], c[j, t]
-                for g in range(Fh):
-                    omega += w[t, g] * z[g]
-                    u += V[j, t, g] * z[g]
-                a = gamma * omega * u
-                P[i, t] += a
-                for g in range(Fh):
-                    Q[i, t, g] += a * z[g]
+            _aggregate_edge(z, gamma, V[j], c[j], w, bw, Q[i], P[i])
+
+
+@njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _aggregate_edge(z, gamma, Vj, cj, w, bw, Qi, Pi):
+    # One edge's share of the forward: Q_i += a z^T, P_i += a with
+    # a = gamma (W_omega z + b_omega) * (V_j z + c_j), z a scratch vector (no aliasing).
+    for t in range(Vj.shape[0]):
+        omega, u = bw[t], cj[t]
+        for g in range(z.shape[0]):
+            omega += w[t, g] * z[g]
+            u += Vj[t, g] * z[g]
+        a = gamma * omega * u
+        Pi[t] += a
+        for g in range(z.shape[0]):
+            Qi[t, g] += a * z[g]
+
+
+@njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _rank_gradients(z, gamma, Vj, cj, w, bw, GQi, GPi, a, g_u, g_om):
+    # One edge's rank components, recomputed for backward: a, the gradients of u and omega
+    # (into the scratch vectors a, g_u, g_om); returns the gradient of gamma.
+    g_gamma = GPi.dtype.type(0)
+    for t in range(Vj.shape[0]):
+        om, ut, ga = bw[t], cj[t], GPi[t]
+        for g in range(z.shape[0]):
+            om += w[t, g] * z[g]
+            ut += Vj[t, g] * z[g]
+            ga += GQi[t, g] * z[g]
+        a[t] = gamma * om * ut
+        g_gamma += ga * om * ut
+        g_om[t] = ga * gamma * ut
+        g_u[t] = ga * gamma * om
+    return g_gamma
+
+
+@njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _z_gradient(g_z, z, a, GQi, g_u, Vj, g_om, w, gw_part, gbw_part):
+    # g_z = sum_t a_t GQ_i,t + g_u,t V_j,t + g_om,t w_t for one edge, and its share of the
+    # omega layer's gradients (into this block's partials).
+    for g in range(g_z.shape[0]):
+        g_z[g] = g_z.dtype.type(0)
+    for t in range(a.shape[0]):
+        gomt = g_om[t]
+        _add_edge_gradient(g_z, a[t], GQi[t], g_u[t], Vj[t], gomt, w[t])
+        for g in range(z.shape[0]):
+            gw_part[t, g] += gomt * z[g]
+        gbw_part[t] += gomt
 
 
 @njit(inline="always", cache=True, fastmath=_FASTMATH)
@@ -109,8 +147,6 @@ def _backward_targets(
         z = np.empty_like(b0)
         mask = np.empty_like(b0)
         g_z = np.empty_like(b0)
-        omega = np.empty_like(bw)
-        u = np.empty_like(bw)
         a = np.empty_like(bw)
         g_u = np.empty_like(bw)
         g_om = np.empty_like(bw)
@@ -128,27 +164,10 @@ def _backward_targets(
                     p = y_src[j, g] - y_dst[i, g] + b0[g]
                     mask[g] = one if p > zero else slope
                     z[g] = p * mask[g]
-                g_gamma = zero
+                g_gamma = _rank_gradients(z, gamma, V[j], c[j], w, bw, GQ[i], GP[i], a, g_u, g_om)
                 for t in range(r):
-                    om, ut, ga = bw[t], c[j, t], GP[i, t]
-                    for g in range(Fh):
-                        om += w[t, g] * z[g]
-                        ut += V[j, t, g] * z[g]
-                        ga += GQ[i, t, g] * z[g]
-                    omega[t], u[t] = om, ut
-                    a[t] = gamma * om * ut
-                    g_gamma += ga * om * ut
-                    g_om[t] = ga * gamma * ut
-                    g_u[t] = ga * gamma * om
                     edge_a[e, t], edge_gu[e, t], edge_gom[e, t] = a[t], g_u[t], g_om[t]
-                for g in range(Fh):
-                    g_z[g] = zero
-                for t in range(r):
-                    gomt = g_om[t]
-                    _add_edge_gradient(g_z, a[t], GQ[i, t], g_u[t], V[j, t], gomt, w[t])
-                    for g in range(Fh):
-                        gw_part[b, t, g] += gomt * z[g]
-                    gbw_part[b, t] += gomt
+                _z_gradient(g_z, z, a, GQ[i], g_u, V[j], g_om, w, gw_part[b], gbw_part[b])
                 for g in range(Fh):
                     g_pre = g_z[g] * mask[g]
                     gy_dst[i, g] -= g_pre
@@ -191,6 +210,77 @@ def _backward_sources(
                 gx_src[j, f] += coef * (x_src[j, f] - x_dst[i, f])
 
 
+@njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _leaky_relu(z, pre_e, slope):
+    # z = LeakyReLU(pre_e) into a private scratch vector (LLVM then knows it aliases nothing).
+    zero = z.dtype.type(0)
+    for g in range(z.shape[0]):
+        p = pre_e[g]
+        z[g] = p if p > zero else p * slope
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _label_forward(pre, gamma, V, c, w, bw, rowptr, col, slope, Q, P):
+    # Forward of edge_label_aggregate; an empty `gamma` means no attention (gamma = 1).
+    zero, one = V.dtype.type(0), V.dtype.type(1)
+    weighted = gamma.shape[0] > 0
+    for i in prange(rowptr.shape[0] - 1):
+        z = np.empty_like(w[0])
+        Q[i] = zero
+        P[i] = zero
+        for e in range(rowptr[i], rowptr[i + 1]):
+            j = col[e]
+            _leaky_relu(z, pre[e], slope)
+            _aggregate_edge(z, gamma[e] if weighted else one, V[j], c[j], w, bw, Q[i], P[i])
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _label_backward_targets(
+    GQ, GP, pre, gamma, V, c, w, bw, rowptr, col, slope, blocks,
+    grad_pre, grad_gamma, gw_part, gbw_part, edge_gu,
+):  # fmt: skip
+    # Target pass of edge_label_aggregate's backward: every edge's pre and gamma gradients,
+    # the omega layer's partials per block, and g_u per edge for the source pass.
+    zero, one = V.dtype.type(0), V.dtype.type(1)
+    weighted = gamma.shape[0] > 0
+    for b in prange(blocks.shape[0] - 1):
+        z = np.empty_like(w[0])
+        g_z = np.empty_like(w[0])
+        a = np.empty_like(bw)
+        g_u = np.empty_like(bw)
+        g_om = np.empty_like(bw)
+        for i in range(blocks[b], blocks[b + 1]):
+            for e in range(rowptr[i], rowptr[i + 1]):
+                j = col[e]
+                _leaky_relu(z, pre[e], slope)
+                gam = gamma[e] if weighted else one
+                g_gamma = _rank_gradients(z, gam, V[j], c[j], w, bw, GQ[i], GP[i], a, g_u, g_om)
+                if weighted:
+                    grad_gamma[e] = g_gamma
+                edge_gu[e] = g_u
+                _z_gradient(g_z, z, a, GQ[i], g_u, V[j], g_om, w, gw_part[b], gbw_part[b])
+                for g in range(g_z.shape[0]):
+                    grad_pre[e, g] = g_z[g] if pre[e, g] > zero else g_z[g] * slope
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _label_backward_sources(pre, slope, colptr, edges, edge_gu, gV, gc):
+    # Source pass: V_j and c_j gradients from each source's outgoing edges (CSC).
+    zero = gV.dtype.type(0)
+    for j in prange(colptr.shape[0] - 1):
+        z = np.empty_like(gV[0, 0])
+        gV[j] = zero
+        gc[j] = zero
+        for n in range(colptr[j], colptr[j + 1]):
+            e = edges[n]
+            _leaky_relu(z, pre[e], slope)
+            for t in range(gV.shape[1]):
+                gut = edge_gu[e, t]
+                gc[j, t] += gut
+                for g in range(z.shape[0]):
+                    gV[j, t, g] += gut * z[g]
+
+
 @njit(cache=True)
 def _by_source(col, num_src, rowptr):
     # Counting sort of the edges by source (CSC), and the target of every edge.
@@ -218,6 +308,17 @@ def _set_threads() -> None:
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
+
+
+def _target_blocks(num_dst: int) -> np.ndarray:
+    # Bounds of the target blocks of a backward target pass, one parameter partial each.
+    num_blocks = max(1, min(num_dst, _BLOCKS_PER_THREAD * numba.get_num_threads()))
+    return np.linspace(0, num_dst, num_blocks + 1).astype(np.int64)
+
+
+def _np_gamma(gamma: Tensor | None, like: Tensor) -> np.ndarray:
+    # No attention: an empty array (one compiled kernel serves both cases, no E-sized ones).
+    return np.empty(0, like.numpy().dtype) if gamma is None else _np(gamma)
 
 
 def edge_aggregate_forward(
@@ -291,8 +392,8 @@ def edge_aggregate_backward(
     arrays = [_np(t) for t in inputs]
     GQ, GP = _np(grad_Q), _np(grad_P)
     rowptr_np, col_np = _np(rowptr), _np(col)
-    num_blocks = max(1, min(num_dst, _BLOCKS_PER_THREAD * numba.get_num_threads()))
-    blocks = np.linspace(0, num_dst, num_blocks + 1).astype(np.int64)
+    blocks = _target_blocks(num_dst)
+    num_blocks = blocks.size - 1
     gw_part = np.zeros((num_blocks, *w_omega.shape), dtype)
     gbw_part = np.zeros((num_blocks, r), dtype)
     gb0_part = np.zeros((num_blocks, b0.numel()), dtype)
@@ -315,3 +416,76 @@ def edge_aggregate_backward(
     gb_omega.copy_(torch.from_numpy(gbw_part.sum(0)))
     gb0.copy_(torch.from_numpy(gb0_part.sum(0)))
     return gx_src, gx_dst, gy_src, gy_dst, gb0, gV, gc, gw, gb_omega
+
+
+def edge_label_aggregate_forward(
+    pre: Tensor,
+    gamma: Tensor | None,
+    V: Tensor,
+    c: Tensor,
+    w_omega: Tensor,
+    b_omega: Tensor,
+    rowptr: Tensor,
+    col: Tensor,
+    slope: float,
+) -> tuple[Tensor, Tensor]:
+    r"""Forward of :func:`pyg_lecc.ops.edge_label_aggregate` (float32 or float64, CPU)."""
+    # The kernel does no bounds checking: refuse inputs it would read outside of.
+    check_edge_label_aggregate_inputs([pre, gamma, V, c, w_omega, b_omega], rowptr, col)
+    num_dst, r, Fh = rowptr.numel() - 1, V.size(1), V.size(2)
+    if col.numel() == 0:
+        return V.new_zeros(num_dst, r, Fh), V.new_zeros(num_dst, r)
+    Q, P = V.new_empty(num_dst, r, Fh), V.new_empty(num_dst, r)  # rows zeroed in the kernel
+    scalar = V.numpy().dtype.type  # in the data's precision: no float64 promotion
+    _set_threads()
+    _label_forward(
+        _np(pre), _np_gamma(gamma, V), *(_np(t) for t in (V, c, w_omega, b_omega, rowptr, col)),
+        scalar(slope), Q.numpy(), P.numpy(),
+    )  # fmt: skip
+    return Q, P
+
+
+def edge_label_aggregate_backward(
+    grad_Q: Tensor,
+    grad_P: Tensor,
+    pre: Tensor,
+    gamma: Tensor | None,
+    V: Tensor,
+    c: Tensor,
+    w_omega: Tensor,
+    b_omega: Tensor,
+    rowptr: Tensor,
+    col: Tensor,
+    slope: float,
+) -> tuple[Tensor, ...]:
+    r"""Backward of :func:`pyg_lecc.ops.edge_label_aggregate` (float32 or float64, CPU): the
+    gradients of ``(pre, gamma, V, c, w_omega, b_omega)``, that of ``gamma`` empty when it
+    is :obj:`None`."""
+    check_edge_label_aggregate_inputs(
+        [pre, gamma, V, c, w_omega, b_omega], rowptr, col, [grad_Q, grad_P]
+    )
+    E, r = col.numel(), V.size(1)
+    grad_gamma = pre.new_empty(0) if gamma is None else torch.empty_like(gamma)
+    if E == 0:
+        zeros = (torch.zeros_like(t) for t in (V, c, w_omega, b_omega))
+        return torch.empty_like(pre), grad_gamma, *zeros
+    # Every entry of grad_pre, grad_gamma, grad_V and grad_c is written by one of the passes.
+    grad_pre, gV, gc = torch.empty_like(pre), torch.empty_like(V), torch.empty_like(c)
+    _set_threads()
+    dtype = V.numpy().dtype
+    slope_ = dtype.type(slope)
+    blocks = _target_blocks(rowptr.numel() - 1)
+    gw_part = np.zeros((blocks.size - 1, *w_omega.shape), dtype)
+    gbw_part = np.zeros((blocks.size - 1, r), dtype)
+    edge_gu = np.empty((E, r), dtype)
+    pre_np, rowptr_np, col_np = _np(pre), _np(rowptr), _np(col)
+    _label_backward_targets(
+        _np(grad_Q), _np(grad_P), pre_np, _np_gamma(gamma, V),
+        *(_np(t) for t in (V, c, w_omega, b_omega)), rowptr_np, col_np, slope_, blocks,
+        grad_pre.numpy(), grad_gamma.numpy(), gw_part, gbw_part, edge_gu,
+    )  # fmt: skip
+    colptr, edges, _ = _by_source(col_np, V.size(0), rowptr_np)
+    _label_backward_sources(pre_np, slope_, colptr, edges, edge_gu, gV.numpy(), gc.numpy())
+    gw = torch.from_numpy(gw_part.sum(0)).to(w_omega.dtype)
+    gb_omega = torch.from_numpy(gbw_part.sum(0)).to(b_omega.dtype)
+    return grad_pre, grad_gamma, gV, gc, gw, gb_omega

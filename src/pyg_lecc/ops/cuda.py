@@ -43,7 +43,8 @@ import os
 import torch
 from torch import Tensor
 
-from pyg_lecc.ops.checks import check_edge_aggregate_inputs
+from pyg_lecc.ops import reference
+from pyg_lecc.ops.checks import check_edge_aggregate_inputs, check_edge_label_aggregate_inputs
 
 try:
     import triton
@@ -55,7 +56,13 @@ except ImportError:  # pragma: no cover - depends on the machine
     tl = None
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "edge_aggregate_backward", "edge_aggregate_forward"]
+__all__ = [
+    "AVAILABLE",
+    "edge_aggregate_backward",
+    "edge_aggregate_forward",
+    "edge_label_aggregate_backward",
+    "edge_label_aggregate_forward",
+]
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -319,6 +326,119 @@ if AVAILABLE:
         tl.store(grad_x_src + j * Fin + offs_f, acc_x.to(grad_x_src.dtype.element_ty), mask=mf)
         tl.store(grad_y_src + j * Fh + offs_h, acc_y.to(grad_y_src.dtype.element_ty), mask=mh)
 
+    # --- edge_label_aggregate (opt-in: PYG_LECC_CUDA_EDGE_LABEL_KERNELS=1) -------------------
+
+    @triton.jit
+    def _label_edge_terms(
+        e, W, bo, pre, gamma, V, c, col, Fh, R, offs_h, mh, offs_r, mr, rh, m_rh, slope,
+        HAS_GAMMA: tl.constexpr,
+    ):  # fmt: skip
+        # Recomputes one edge of edge_label_aggregate (shared by forward and backward).
+        j = tl.load(col + e).to(tl.int64)
+        p = tl.load(pre + e * Fh + offs_h, mask=mh, other=0.0).to(tl.float32)
+        z = tl.where(p > 0, p, p * slope)  # padded lanes: p = 0, z = 0
+        omega = tl.sum(W * z[None, :], axis=1) + bo
+        Vj = tl.load(V + j * R * Fh + rh, mask=m_rh, other=0.0).to(tl.float32)
+        u = tl.sum(Vj * z[None, :], axis=1) + tl.load(c + j * R + offs_r, mask=mr, other=0.0).to(
+            tl.float32
+        )
+        g = tl.load(gamma + e).to(tl.float32) if HAS_GAMMA else 1.0  # constexpr: one branch
+        a = g * omega * u
+        return p, z, g, omega, Vj, u, a
+
+    @triton.jit
+    def _label_forward_kernel(
+        pre, gamma, V, c, w_omega, b_omega, rowptr, col, Q, P, Fh, R, slope,
+        HAS_GAMMA: tl.constexpr, BLOCK_FH: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # fmt: skip
+        i = tl.program_id(0).to(tl.int64)
+        offs_h = tl.arange(0, BLOCK_FH)
+        mh = offs_h < Fh
+        offs_r = tl.arange(0, BLOCK_R)
+        mr = offs_r < R
+        rh = offs_r[:, None] * Fh + offs_h[None, :]
+        m_rh = mr[:, None] & mh[None, :]
+        W = tl.load(w_omega + rh, mask=m_rh, other=0.0).to(tl.float32)
+        bo = tl.load(b_omega + offs_r, mask=mr, other=0.0).to(tl.float32)
+        acc_q = tl.zeros((BLOCK_R, BLOCK_FH), dtype=tl.float32)
+        acc_p = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for e in range(tl.load(rowptr + i), tl.load(rowptr + i + 1)):
+            _, z, _, _, _, _, a = _label_edge_terms(
+                e, W, bo, pre, gamma, V, c, col, Fh, R, offs_h, mh, offs_r, mr, rh, m_rh,
+                slope, HAS_GAMMA,
+            )  # fmt: skip
+            acc_q += a[:, None] * z[None, :]
+            acc_p += a
+        tl.store(Q + i * R * Fh + rh, acc_q.to(Q.dtype.element_ty), mask=m_rh)
+        tl.store(P + i * R + offs_r, acc_p.to(P.dtype.element_ty), mask=mr)
+
+    @triton.jit
+    def _label_backward_dst_kernel(
+        grad_Q, grad_P, pre, gamma, V, c, w_omega, b_omega, rowptr, col,
+        grad_pre, grad_gamma, part_w, part_bo, edge_gu, Nd, Fh, R, slope,
+        HAS_GAMMA: tl.constexpr, BLOCK_FH: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # fmt: skip
+        # Pass 1 (by target, persistent grid): pre and gamma gradients of every edge, omega
+        # layer partials per program, g_u per edge for pass 2.
+        pid = tl.program_id(0)
+        offs_h = tl.arange(0, BLOCK_FH)
+        mh = offs_h < Fh
+        offs_r = tl.arange(0, BLOCK_R)
+        mr = offs_r < R
+        rh = offs_r[:, None] * Fh + offs_h[None, :]
+        m_rh = mr[:, None] & mh[None, :]
+        W = tl.load(w_omega + rh, mask=m_rh, other=0.0).to(tl.float32)
+        bo = tl.load(b_omega + offs_r, mask=mr, other=0.0).to(tl.float32)
+        acc_w = tl.zeros((BLOCK_R, BLOCK_FH), dtype=tl.float32)
+        acc_bo = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for i in range(pid.to(tl.int64), Nd, tl.num_programs(0).to(tl.int64)):
+            gQ = tl.load(grad_Q + i * R * Fh + rh, mask=m_rh, other=0.0).to(tl.float32)
+            gP = tl.load(grad_P + i * R + offs_r, mask=mr, other=0.0).to(tl.float32)
+            for e in range(tl.load(rowptr + i), tl.load(rowptr + i + 1)):
+                p, z, g, omega, Vj, u, a = _label_edge_terms(
+                    e, W, bo, pre, gamma, V, c, col, Fh, R, offs_h, mh, offs_r, mr, rh, m_rh,
+                    slope, HAS_GAMMA,
+                )  # fmt: skip
+                g_a = tl.sum(gQ * z[None, :], axis=1) + gP
+                g_u = g_a * g * omega
+                g_omega = g_a * g * u
+                if HAS_GAMMA:
+                    g_gamma = tl.sum(g_a * omega * u, axis=0)
+                    tl.store(grad_gamma + e, g_gamma.to(grad_gamma.dtype.element_ty))
+                g_z = tl.sum(a[:, None] * gQ + g_u[:, None] * Vj + g_omega[:, None] * W, axis=0)
+                g_pre = g_z * tl.where(p > 0, 1.0, slope)
+                tl.store(grad_pre + e * Fh + offs_h, g_pre.to(grad_pre.dtype.element_ty), mask=mh)
+                tl.store(edge_gu + e * R + offs_r, g_u, mask=mr)
+                acc_bo += g_omega
+                acc_w += g_omega[:, None] * z[None, :]
+        tl.store(part_w + pid * R * Fh + rh, acc_w, mask=m_rh)
+        tl.store(part_bo + pid * R + offs_r, acc_bo, mask=mr)
+
+    @triton.jit
+    def _label_backward_src_kernel(
+        pre, colptr, perm, edge_gu, grad_V, grad_c, Fh, R, slope,
+        BLOCK_FH: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # fmt: skip
+        # Pass 2 (by source, CSC): V and c gradients, each row written once.
+        j = tl.program_id(0).to(tl.int64)
+        offs_h = tl.arange(0, BLOCK_FH)
+        mh = offs_h < Fh
+        offs_r = tl.arange(0, BLOCK_R)
+        mr = offs_r < R
+        rh = offs_r[:, None] * Fh + offs_h[None, :]
+        m_rh = mr[:, None] & mh[None, :]
+        acc_v = tl.zeros((BLOCK_R, BLOCK_FH), dtype=tl.float32)
+        acc_c = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for k in range(tl.load(colptr + j), tl.load(colptr + j + 1)):
+            e = tl.load(perm + k)
+            p = tl.load(pre + e * Fh + offs_h, mask=mh, other=0.0).to(tl.float32)
+            z = tl.where(p > 0, p, p * slope)
+            g_u = tl.load(edge_gu + e * R + offs_r, mask=mr, other=0.0)
+            acc_v += g_u[:, None] * z[None, :]
+            acc_c += g_u
+        tl.store(grad_V + j * R * Fh + rh, acc_v.to(grad_V.dtype.element_ty), mask=m_rh)
+        tl.store(grad_c + j * R + offs_r, acc_c.to(grad_c.dtype.element_ty), mask=mr)
+
 
 def _device_ctx(t: Tensor):
     # Triton launches on the current CUDA device: make it the tensors' one.
@@ -351,6 +471,20 @@ def _edge_rows(rowptr: Tensor, num_edges: int) -> Tensor:
     return torch.repeat_interleave(
         torch.arange(n, device=rowptr.device), counts, output_size=num_edges
     )
+
+
+def _by_source(col: Tensor, num_src: int) -> tuple[Tensor, Tensor]:
+    # CSC ordering for a backward pass by source: a stable sort by source, all on the device
+    # (no host sync). Returns the edge order and the pointers into it.
+    perm = torch.argsort(col, stable=True)
+    arange = torch.arange(num_src + 1, device=col.device, dtype=col.dtype)
+    return perm, torch.searchsorted(col[perm], arange)
+
+
+def _backward_programs(t: Tensor, num_dst: int) -> int:
+    # Persistent grid of a pass by target: a few programs per SM, so partials stay small.
+    sms = torch.cuda.get_device_properties(t.device).multi_processor_count if t.is_cuda else 1
+    return max(1, min(_BWD_PROGRAMS_PER_SM * sms, num_dst))
 
 
 def _contig(*tensors: Tensor) -> list[Tensor]:
@@ -549,9 +683,7 @@ def edge_aggregate_backward(
     warps = _BWD_WARPS
     neg_inv_delta, slope = -1.0 / float(delta), float(slope)
 
-    # Persistent grid for pass 1: a few programs per SM, so the parameter partials stay small.
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if V.is_cuda else 1
-    programs = max(1, min(_BWD_PROGRAMS_PER_SM * sms, Nd))
+    programs = _backward_programs(V, Nd)
 
     grad_x_dst = torch.empty_like(x_dst)
     grad_y_dst = torch.empty_like(y_dst)
@@ -562,10 +694,8 @@ def edge_aggregate_backward(
     edge_gu = torch.empty(E, r, device=dev, dtype=torch.float32)
     edge_coef = torch.empty(E, device=dev, dtype=torch.float32)
 
-    # CSC ordering for pass 2: a stable sort by source, all on the device (no host sync).
-    perm = torch.argsort(col, stable=True)
+    perm, colptr = _by_source(col, Ns)
     row_sorted = _edge_rows(rowptr, E)[perm]
-    colptr = torch.searchsorted(col[perm], torch.arange(Ns + 1, device=dev, dtype=col.dtype))
 
     grad_x_src = torch.empty_like(x_src)
     grad_y_src = torch.empty_like(y_src)
@@ -587,3 +717,87 @@ def edge_aggregate_backward(
     grad_bo = part_bo.sum(0).to(b_omega.dtype)
     grad_b0 = part_b0.sum(0).to(b0.dtype)
     return grad_x_src, grad_x_dst, grad_y_src, grad_y_dst, grad_b0, grad_V, grad_c, grad_w, grad_bo
+
+
+def edge_label_aggregate_forward(
+    pre: Tensor,
+    gamma: Tensor | None,
+    V: Tensor,
+    c: Tensor,
+    w_omega: Tensor,
+    b_omega: Tensor,
+    rowptr: Tensor,
+    col: Tensor,
+    slope: float,
+) -> tuple[Tensor, Tensor]:
+    r"""Forward of :func:`pyg_lecc.ops.edge_label_aggregate`: one program per target keeps
+    :math:`\mathbf{Q}_i` in registers (as :func:`edge_aggregate_forward`). Float64 inputs
+    take the reference."""
+    check_edge_label_aggregate_inputs([pre, gamma, V, c, w_omega, b_omega], rowptr, col)
+    if not _use_triton(V):
+        return reference.edge_label_aggregate_forward(
+            pre, gamma, V, c, w_omega, b_omega, rowptr, col, slope
+        )
+    Nd, r, Fh = rowptr.numel() - 1, V.size(1), V.size(2)
+    if col.numel() == 0:
+        return V.new_zeros(Nd, r, Fh), V.new_zeros(Nd, r)
+    pre, V, c, w_omega, b_omega, rowptr, col = _contig(pre, V, c, w_omega, b_omega, rowptr, col)
+    Q, P = V.new_empty(Nd, r, Fh), V.new_empty(Nd, r)
+    with _device_ctx(V):
+        _label_forward_kernel[(Nd,)](
+            pre, pre if gamma is None else gamma.contiguous(), V, c, w_omega, b_omega, rowptr,
+            col, Q, P, Fh, r, float(slope),
+            HAS_GAMMA=gamma is not None, BLOCK_FH=_pow2(Fh), BLOCK_R=_pow2(r),
+            num_warps=_FWD_WARPS,
+        )  # fmt: skip
+    return Q, P
+
+
+def edge_label_aggregate_backward(
+    grad_Q: Tensor,
+    grad_P: Tensor,
+    pre: Tensor,
+    gamma: Tensor | None,
+    V: Tensor,
+    c: Tensor,
+    w_omega: Tensor,
+    b_omega: Tensor,
+    rowptr: Tensor,
+    col: Tensor,
+    slope: float,
+) -> tuple[Tensor, ...]:
+    r"""Backward of :func:`pyg_lecc.ops.edge_label_aggregate`: a pass by target (per-edge
+    gradients, parameter partials reduced by torch) and a pass by source (``V``, ``c``).
+    Returns the gradients of ``(pre, gamma, V, c, w_omega, b_omega)``, that of ``gamma``
+    empty when it is :obj:`None`."""
+    floats = [pre, gamma, V, c, w_omega, b_omega]
+    check_edge_label_aggregate_inputs(floats, rowptr, col, [grad_Q, grad_P])
+    if not _use_triton(V):
+        return reference.edge_label_aggregate_backward(grad_Q, grad_P, *floats, rowptr, col, slope)
+    E, Nd, Ns, r, Fh = col.numel(), rowptr.numel() - 1, V.size(0), V.size(1), V.size(2)
+    grad_gamma = pre.new_empty(0) if gamma is None else torch.empty_like(gamma)
+    if E == 0:
+        params = (torch.zeros_like(t) for t in (V, c, w_omega, b_omega))
+        return torch.empty_like(pre), grad_gamma, *params
+    (grad_Q, grad_P, pre, V, c, w_omega, b_omega, rowptr, col) = _contig(
+        grad_Q, grad_P, pre, V, c, w_omega, b_omega, rowptr, col
+    )
+    dev, programs = V.device, _backward_programs(V, Nd)
+    part_w = torch.empty(programs, r, Fh, device=dev, dtype=torch.float32)
+    part_bo = torch.empty(programs, r, device=dev, dtype=torch.float32)
+    edge_gu = torch.empty(E, r, device=dev, dtype=torch.float32)
+    grad_pre, grad_V, grad_c = torch.empty_like(pre), torch.empty_like(V), torch.empty_like(c)
+    perm, colptr = _by_source(col, Ns)
+    blocks = dict(BLOCK_FH=_pow2(Fh), BLOCK_R=_pow2(r), num_warps=_BWD_WARPS)
+    with _device_ctx(V):
+        _label_backward_dst_kernel[(programs,)](
+            grad_Q, grad_P, pre, pre if gamma is None else gamma.contiguous(), V, c, w_omega,
+            b_omega, rowptr, col, grad_pre, pre if gamma is None else grad_gamma, part_w,
+            part_bo, edge_gu, Nd, Fh, r, float(slope), HAS_GAMMA=gamma is not None, **blocks,
+        )  # fmt: skip
+        _label_backward_src_kernel[(Ns,)](
+            pre, colptr, perm, edge_gu, grad_V, grad_c, Fh, r, float(slope), **blocks
+        )
+    grad_w = part_w.sum(0).to(w_omega.dtype)
+    grad_bo = part_bo.sum(0).to(b_omega.dtype)
+    return grad_pre, grad_gamma, grad_V, grad_c, grad_w, grad_bo

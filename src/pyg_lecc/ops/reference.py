@@ -1,5 +1,6 @@
-r"""Plain PyTorch implementation of :func:`pyg_lecc.ops.edge_aggregate`: the ground truth
-every kernel is tested against, and the fallback on any device without one.
+r"""Plain PyTorch implementations of :func:`pyg_lecc.ops.edge_aggregate` and
+:func:`pyg_lecc.ops.edge_label_aggregate`: the ground truth every kernel is tested against,
+and the fallback on any device without one.
 
 Edges are processed in chunks; each chunk gathers its node rows, recomputes the per-edge
 quantities and adds its contributions with ``index_add_``, so no tensor larger than
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyg_lecc.ops.checks import check_edge_aggregate_inputs
+from pyg_lecc.ops.checks import check_edge_aggregate_inputs, check_edge_label_aggregate_inputs
 
 # Elements of one temporary ``chunk x r x F_h`` block on CPU (256 Ki floats, 1 MB in
 # float32): the gathered rows stay in the L2 cache between the gather and the contraction.
@@ -164,3 +165,87 @@ def edge_aggregate_backward(
         gb_omega += g_omega.sum(0)
         gb0 += g_pre.sum(0)
     return gx_src, gx_dst, gy_src, gy_dst, gb0, gV, gc, gw, gb_omega
+
+
+def _label_terms(pre, gamma, V, c, w_omega, b_omega, src, slope):
+    # The per-edge quantities of one chunk (see `pyg_lecc.ops.edge_label_aggregate`).
+    z = F.leaky_relu(pre, slope)
+    omega = F.linear(z, w_omega, b_omega)
+    Vj = V.index_select(0, src)  # (chunk, r, F_h)
+    u = torch.bmm(Vj, z.unsqueeze(-1)).squeeze(-1) + c.index_select(0, src)
+    a = omega * u if gamma is None else gamma.unsqueeze(-1) * omega * u
+    return z, omega, Vj, u, a
+
+
+def edge_label_aggregate_forward(
+    pre: Tensor,
+    gamma: Tensor | None,
+    V: Tensor,
+    c: Tensor,
+    w_omega: Tensor,
+    b_omega: Tensor,
+    rowptr: Tensor,
+    col: Tensor,
+    slope: float,
+) -> tuple[Tensor, Tensor]:
+    r"""Forward of :func:`pyg_lecc.ops.edge_label_aggregate`: returns :math:`(\mathbf{Q},
+    \mathbf{P})`."""
+    check_edge_label_aggregate_inputs([pre, gamma, V, c, w_omega, b_omega], rowptr, col)
+    num_dst, r, Fh = rowptr.numel() - 1, V.size(1), V.size(2)
+    Q = V.new_zeros(num_dst, r, Fh)
+    P = V.new_zeros(num_dst, r)
+    E = col.numel()
+    dst = targets_of_edges(rowptr, E)
+    for lo, hi in edge_chunks(E, r * Fh, V.device, V.element_size()):
+        gamma_e = None if gamma is None else gamma[lo:hi]
+        z, *_, a = _label_terms(pre[lo:hi], gamma_e, V, c, w_omega, b_omega, col[lo:hi], slope)
+        Q.index_add_(0, dst[lo:hi], a.unsqueeze(-1) * z.unsqueeze(1))
+        P.index_add_(0, dst[lo:hi], a)
+    return Q, P
+
+
+def edge_label_aggregate_backward(
+    grad_Q: Tensor,
+    grad_P: Tensor,
+    pre: Tensor,
+    gamma: Tensor | None,
+    V: Tensor,
+    c: Tensor,
+    w_omega: Tensor,
+    b_omega: Tensor,
+    rowptr: Tensor,
+    col: Tensor,
+    slope: float,
+) -> tuple[Tensor, ...]:
+    r"""Backward of :func:`pyg_lecc.ops.edge_label_aggregate`: the gradients of ``(pre,
+    gamma, V, c, w_omega, b_omega)`` (that of ``gamma`` empty when it is :obj:`None`),
+    recomputing the per-edge quantities chunk by chunk."""
+    floats = [pre, gamma, V, c, w_omega, b_omega]
+    check_edge_label_aggregate_inputs(floats, rowptr, col, [grad_Q, grad_P])
+    r, Fh = V.size(1), V.size(2)
+    grad_pre = torch.empty_like(pre)
+    grad_gamma = pre.new_empty(0) if gamma is None else torch.empty_like(gamma)
+    gV, gc, gw, gb_omega = (torch.zeros_like(t) for t in (V, c, w_omega, b_omega))
+    E = col.numel()
+    dst = targets_of_edges(rowptr, E)
+    for lo, hi in edge_chunks(E, r * Fh, V.device, V.element_size()):
+        pre_e, src_e = pre[lo:hi], col[lo:hi]
+        gamma_e = None if gamma is None else gamma[lo:hi]
+        z, omega, Vj, u, a = _label_terms(pre_e, gamma_e, V, c, w_omega, b_omega, src_e, slope)
+        GQ = grad_Q.index_select(0, dst[lo:hi])  # (chunk, r, F_h)
+        g_a = torch.bmm(GQ, z.unsqueeze(-1)).squeeze(-1) + grad_P.index_select(0, dst[lo:hi])
+        g_omega, g_u = g_a * u, g_a * omega
+        if gamma_e is not None:
+            grad_gamma[lo:hi] = (g_a * omega * u).sum(-1)
+            g_omega, g_u = gamma_e.unsqueeze(-1) * g_omega, gamma_e.unsqueeze(-1) * g_u
+        g_z = (
+            torch.bmm(a.unsqueeze(1), GQ).squeeze(1)
+            + torch.bmm(g_u.unsqueeze(1), Vj).squeeze(1)
+            + g_omega @ w_omega
+        )
+        grad_pre[lo:hi] = torch.where(pre_e > 0, g_z, g_z * slope)
+        gV.index_add_(0, src_e, g_u.unsqueeze(-1) * z.unsqueeze(1))
+        gc.index_add_(0, src_e, g_u)
+        gw += g_omega.t() @ z
+        gb_omega += g_omega.sum(0)
+    return grad_pre, grad_gamma, gV, gc, gw, gb_omega

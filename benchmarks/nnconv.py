@@ -1,6 +1,7 @@
 """LightweightECC conditioned on ``edge_attr`` against PyG's ``NNConv``: molecules and images.
 
-Run with ``python -m benchmarks.nnconv`` (CPU, one thread). The molecule batch follows the sizes of
+Run with ``python -m benchmarks.nnconv`` (CPU, one thread; ``--only lecc`` or ``--only nnconv``
+measures one operator). The molecule batch follows the sizes of
 PyG's QM9 NNConv example: 128 random graphs of 30 nodes and 60 directed edges each, 64
 channels, 5 edge features (random N(0, 1) values, not chemistry). The image graphs are the
 paper's training graph (10 patches of 42x42, k=8) at F=64 and F=99 with 5 random edge
@@ -17,6 +18,7 @@ with :func:`benchmarks.common.time_function` and its peak tensor memory with
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import torch
@@ -79,14 +81,17 @@ def measure(name: str, batch: tuple[torch.Tensor, ...], **kwargs: Any) -> dict[s
     return {"operator": name, "time_s": timing["time_s"], "peak_mb": memory["peak_mb"]}
 
 
-def main(max_gb: float = 6.0) -> None:
+OPERATORS = ("nnconv", "lecc")
+
+
+def main(max_gb: float = 6.0, only: tuple[str, ...] = OPERATORS) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cases = [("molecules", 64, molecule_batch())]
     cases += [(f"image graph F={f}", f, image_batch(f)) for f in (64, 99)]
     for label, channels, batch in cases:
         print(f"{label}: {batch[0].size(0)} nodes, {batch[1].size(1)} edges, threads=1")
-        for name in ("nnconv", "lecc"):
+        for name in only:
             need = nnconv_bytes(batch[1].size(1), channels) / 1e9
             if name == "nnconv" and need > max_gb:
                 print(f"  {name:7s} not run: needs about {need:.1f} GB > {max_gb:g} GB")
@@ -96,4 +101,10 @@ def main(max_gb: float = 6.0) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=OPERATORS, help="measure this operator alone")
+    parser.add_argument(
+        "--max-gb", type=float, default=6.0, help="NNConv is not run above this (default 6)"
+    )
+    args = parser.parse_args()
+    main(args.max_gb, (args.only,) if args.only else OPERATORS)

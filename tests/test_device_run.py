@@ -3,6 +3,7 @@ sizes, so that a lent GPU is never spent on a typo; and its decisions, unit by u
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,9 @@ def test_runbook_rehearsal_runs_every_stage(tmp_path):
     assert not failed, log
     assert {
         "machine",
+        "cuda_tests",
+        "cuda_tests_edge_label",
+        "kernel_check",
         "bench_reference",
         "probe_reference_none",
         "probe_reference_bf16",
@@ -104,6 +108,12 @@ def test_runbook_rehearsal_runs_every_stage(tmp_path):
         "score_nir-gnn_shipped",
     } <= set(metrics["stages"])
     assert metrics["cuda_kernels_passed"] is False
+    assert metrics["cuda_edge_label_kernels_passed"] is False
+    # edge_label_aggregate's tests ran with its Triton kernels requested, the others without
+    # (-k selections of the same files).
+    assert "-k label tests/test_ops_edge_label.py tests/test_ops_cuda.py" in log
+    assert "-k not label tests/test_ops_cuda.py" in log
+    assert metrics["kernel_check"]["ok"] is False  # no CUDA here: a summary all the same
     assert {"lecc_node", "gat", "gcn"} <= {
         e["operator"] for e in metrics["bench_operators"]["reference"]["entries"]
     }
@@ -153,3 +163,51 @@ def test_train_compile_option_is_checked():
     assert args.compile == "reduce-overhead"
     with pytest.raises(ValueError, match="compile must be one of"):
         TrainConfig(data="d", out="o", compile="max-speed")
+
+
+def test_label_tests_are_selected_by_name():
+    # The runbook splits the CUDA tests by `-k label`: every test of edge_label_aggregate and
+    # none of edge_aggregate's may be selected by it.
+    cmd = [sys.executable, "-m", "pytest", "-q", "--collect-only", "-k", device_run._LABEL_TESTS]
+    cmd += ["tests/test_ops_edge_label.py", "tests/test_ops_cuda.py", "tests/test_ops.py"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300).stdout
+    ids = [line for line in out.splitlines() if "::" in line]
+    assert ids and all("label" in i for i in ids), out[-2000:]
+    assert any(i.startswith("tests/test_ops_edge_label.py::") for i in ids)
+    assert any(i.startswith("tests/test_ops_cuda.py::test_label_") for i in ids)
+    assert not any(i.startswith("tests/test_ops.py::") for i in ids)
+
+
+def _check_script(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
+    cmd = [sys.executable, str(REPO / "scripts" / "check_cuda_kernels.py"), *args]
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
+    environ = {**os.environ, "PYTHONPATH": path, **env}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=environ)
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU answer of the kernel check")
+def test_kernel_check_without_cuda_says_so():
+    proc, summary = _check_script()
+    assert proc.returncode == 1 and summary["ok"] is False and "setup" in summary["errors"]
+    assert summary["ops"] == ["edge_aggregate", "edge_label_aggregate"]
+
+
+_TRITON = importlib.util.find_spec("triton") is not None
+
+
+@pytest.mark.skipif(
+    not (_TRITON and os.environ.get("PYG_LECC_TRITON_INTERPRET") == "1"),
+    reason="needs Triton and PYG_LECC_TRITON_INTERPRET=1 (about a minute in the interpreter)",
+)
+def test_kernel_check_of_edge_label_aggregate_in_the_interpreter():
+    proc, summary = _check_script("--interpret", "--ops", "edge_label_aggregate")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    label = summary["edge_label_aggregate"]
+    assert summary["ok"] and label["ok"] and not label["errors"]
+    assert {"tiny_r4_bipartite_fh33_no_attention", "empty_graph", "no_targets"} <= set(
+        label["checks"]
+    )
+    assert all(c["ok"] for c in label["checks"].values())
+    timing = label["timings"]["tiny_knn8_fp32"]
+    assert timing["kernel_fwd_bwd_ms"] > 0 and timing["reference_fwd_bwd_ms"] > 0

@@ -2,6 +2,8 @@
 the reference against the plain definition, the Numba kernel against the reference,
 gradients, dispatch and input checks (the Triton kernels: ``tests/test_ops_cuda.py``)."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -75,8 +77,8 @@ def _value_and_grads(fn, floats, rowptr, col):
     Q, P = fn(*inputs, rowptr, col)
     gen = torch.Generator().manual_seed(1)
     # Output gradients rounded to bfloat16 values: the same numbers in every dtype tested.
-    gQ = torch.randn(Q.shape, generator=gen).bfloat16().to(Q.dtype)
-    gP = torch.randn(P.shape, generator=gen).bfloat16().to(P.dtype)
+    gQ = torch.randn(Q.shape, generator=gen).bfloat16().to(device=Q.device, dtype=Q.dtype)
+    gP = torch.randn(P.shape, generator=gen).bfloat16().to(device=P.device, dtype=P.dtype)
     leaves = [t for t in inputs if t is not None]
     grads = iter(torch.autograd.grad((Q * gQ).sum() + (P * gP).sum(), leaves, allow_unused=True))
     out = [Q.detach(), P.detach()]
@@ -190,6 +192,30 @@ def test_backend_for_edge_label_aggregate():
         assert backend_for("cpu", "edge_label_aggregate") == "reference"
     with pytest.raises(ValueError, match="'op' must be one of"):
         backend_for("cpu", "nonexistent")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_cuda_equals_cpu_reference(graph, attention, monkeypatch):
+    # Through the dispatcher: the Triton kernels with PYG_LECC_CUDA_EDGE_LABEL_KERNELS=1 (the
+    # device runbook's CUDA test stage sets it), the reference otherwise.
+    floats, rowptr, col = _case(graph, dtype=torch.float32, attention=attention)
+    with use_reference():
+        expected = _value_and_grads(_op, floats, rowptr, col)
+    requested = os.environ.get("PYG_LECC_CUDA_EDGE_LABEL_KERNELS") == "1"
+    if requested and ops._CUDA_KERNELS and ops._cuda_kernels() is not None:
+        assert backend_for("cuda", "edge_label_aggregate") == "triton"
+
+        def fail(*args):
+            raise AssertionError("the reference ran")
+
+        monkeypatch.setattr(reference, "edge_label_aggregate_forward", fail)
+        monkeypatch.setattr(reference, "edge_label_aggregate_backward", fail)
+    on_gpu = [None if t is None else t.cuda() for t in floats]
+    got = _value_and_grads(_op, on_gpu, rowptr.cuda(), col.cuda())
+    got = [None if t is None else t.cpu() for t in got]
+    _assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("attention", [True, False])

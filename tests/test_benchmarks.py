@@ -278,3 +278,19 @@ def test_chemprop_baseline_runs_the_cli_on_our_splits(tmp_path) -> None:
     predictions.write_text("smiles,y\nCCO,1\nCCN,2\n")
     with pytest.raises(ValueError, match="does not list the molecules"):
         chemprop_baseline.rmse_from_predictions(csvs[2], predictions)
+
+
+def test_molecules_cost_only_keeps_the_accuracy_results(tmp_path, monkeypatch) -> None:
+    from benchmarks import molecules
+
+    monkeypatch.setattr(molecules, "load_split", _tiny_molecule_split)
+    with pytest.raises(SystemExit, match="does not exist"):
+        molecules.main(["--quick", "--cost-only", "--out", str(tmp_path)])
+    molecules.main(["--quick", "--splits", "freesolv-random", "--out", str(tmp_path)])
+    before = json.loads((tmp_path / "molecules.json").read_text())
+    molecules.main(["--quick", "--cost-only", "--out", str(tmp_path)])
+    after = json.loads((tmp_path / "molecules.json").read_text())
+    assert after["molecules"]["splits"] == before["molecules"]["splits"]
+    assert "cost_run" in after["metadata"] and "cost_run" not in before["metadata"]
+    assert all(_positive(c["epoch_time_s"]) for c in after["molecules"]["cost"].values())
+    assert "re-measured" in (tmp_path / "molecules.md").read_text()

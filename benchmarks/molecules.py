@@ -260,7 +260,7 @@ def markdown(result: dict[str, Any], chemprop: dict[str, Any] | None = None) -> 
             per_epoch = statistics.median(theirs["run_time_s"]) / theirs["epochs"]
             rows.append(
                 [
-                    f"chemprop {chemprop.get('chemprop', '')} (D-MPNN)",
+                    f"{chemprop.get('chemprop') or 'chemprop'} (D-MPNN)",
                     f"{theirs['test_rmse_mean']:.3f} ± {theirs['test_rmse_std']:.3f}",
                     f"{fmt_time(per_epoch)} (whole run / epochs)",
                     "—",
@@ -300,6 +300,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="epochs on FreeSolv")
     parser.add_argument("--solubility-epochs", type=int, default=None)
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated subset")
+    parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated subset")
+    parser.add_argument("--rank", type=int, default=None, help="LightweightECC's rank (4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results")
     parser.add_argument(
@@ -314,10 +316,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {"splits": tuple(args.splits.split(","))}
-    unknown = set(overrides["splits"]) - set(SPLITS)
-    if unknown:
-        raise SystemExit(f"--splits: unknown {sorted(unknown)}; choose from {SPLITS}")
+    overrides: dict[str, Any] = {
+        "splits": tuple(args.splits.split(",")),
+        "layers": tuple(args.layers.split(",")),
+    }
+    for name, known in (("splits", SPLITS), ("layers", LAYERS)):
+        unknown = set(overrides[name]) - set(known)
+        if unknown:
+            raise SystemExit(f"--{name}: unknown {sorted(unknown)}; choose from {known}")
+    if args.rank is not None:
+        overrides["rank"] = args.rank
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.solubility_epochs is not None:

@@ -75,6 +75,9 @@ from pyg_lecc.data import *
 from pyg_lecc.metrics import *
 from pyg_lecc.inference import *
 from pyg_lecc.training import TrainConfig, lr_at
+from pyg_lecc.molecules import random_split, smiles_to_graph
+from pyg_lecc.mpnn import MPNN
+from pyg_lecc.ops import edge_label_aggregate
 torch.manual_seed(0)
 np.random.seed(0)
 """

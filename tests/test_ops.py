@@ -3,6 +3,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_helpers import GRAPHS, make_graph, requires_numba
 
 import pyg_lecc.ops as ops
 import pyg_lecc.ops.reference as reference
@@ -12,32 +13,10 @@ from pyg_lecc.ops import backend_for, edge_aggregate, use_reference
 SLOPE, DELTA = 0.2, 10.0
 NAMES = ("x_src", "x_dst", "y_src", "y_dst", "b0", "V", "c", "w_omega", "b_omega")
 
-requires_numba = pytest.mark.skipif(not WITH_NUMBA, reason="numba is not installed")
-
-
-def _graph(kind: str, gen: torch.Generator) -> tuple[int, int, torch.Tensor, torch.Tensor]:
-    """``(num_src, num_dst, src, dst)`` of one test graph."""
-    if kind == "random":  # varying in-degrees, some targets without edges
-        src, dst = torch.randint(0, 23, (60,), generator=gen), torch.randint(0, 23, (60,))
-        return 23, 23, src, dst
-    if kind == "knn":  # grouped by target, k = 5 each (the image kNN layout)
-        n, k = 17, 5
-        src = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(n)]).flatten()
-        return n, n, src, torch.arange(n).repeat_interleave(k)
-    if kind == "bipartite":
-        src, dst = torch.randint(0, 19, (40,), generator=gen), torch.randint(0, 7, (40,))
-        return 19, 7, src, dst
-    if kind == "zero_degree":  # a hub and many isolated targets
-        src = torch.randint(0, 12, (15,), generator=gen)
-        return 12, 12, src, torch.full((15,), 4)
-    if kind == "empty":
-        return 6, 5, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-    raise ValueError(kind)
-
 
 def _case(kind: str, dtype=torch.float64, Fin=6, Fh=5, r=3, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    num_src, num_dst, src, dst = _graph(kind, gen)
+    num_src, num_dst, src, dst = make_graph(kind, gen)
     dst, perm = torch.sort(dst, stable=True)
     rowptr = torch._convert_indices_from_coo_to_csr(dst, num_dst)
     shapes = {
@@ -92,9 +71,6 @@ def _assert_close(got, expected, **tol):
     for name, g, e in zip(("Q", "P", *NAMES), got, expected, strict=True):
         assert g.dtype == e.dtype, name
         torch.testing.assert_close(g, e, msg=lambda m, name=name: f"{name}: {m}", **tol)
-
-
-GRAPHS = ("random", "knn", "bipartite", "zero_degree", "empty")
 
 
 @pytest.fixture(params=["one_chunk", "many_chunks"])

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_helpers import GRAPHS, make_graph, requires_numba
 
 import pyg_lecc.ops as ops
 import pyg_lecc.ops.reference as reference
@@ -15,35 +16,12 @@ from pyg_lecc.ops import backend_for, edge_label_aggregate, use_reference
 
 SLOPE = 0.2
 NAMES = ("pre", "gamma", "V", "c", "w_omega", "b_omega")
-GRAPHS = ("random", "knn", "bipartite", "zero_degree", "empty")
-
-requires_numba = pytest.mark.skipif(not WITH_NUMBA, reason="numba is not installed")
-
-
-def _graph(kind: str, gen: torch.Generator) -> tuple[int, int, torch.Tensor, torch.Tensor]:
-    """``(num_src, num_dst, src, dst)`` of one test graph."""
-    if kind == "random":  # varying in-degrees, some targets without edges
-        src, dst = torch.randint(0, 23, (60,), generator=gen), torch.randint(0, 23, (60,))
-        return 23, 23, src, dst
-    if kind == "knn":  # grouped by target, k = 5 each (the image kNN layout)
-        n, k = 17, 5
-        src = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(n)]).flatten()
-        return n, n, src, torch.arange(n).repeat_interleave(k)
-    if kind == "bipartite":
-        src, dst = torch.randint(0, 19, (40,), generator=gen), torch.randint(0, 7, (40,))
-        return 19, 7, src, dst
-    if kind == "zero_degree":  # a hub and many isolated targets
-        src = torch.randint(0, 12, (15,), generator=gen)
-        return 12, 12, src, torch.full((15,), 4)
-    if kind == "empty":
-        return 6, 5, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-    raise ValueError(kind)
 
 
 def _case(kind: str, dtype=torch.float64, Fh=5, r=3, attention=True, seed=0):
     """``(floats, rowptr, col)`` with ``floats = [pre, gamma, V, c, w_omega, b_omega]``."""
     gen = torch.Generator().manual_seed(seed)
-    num_src, num_dst, src, dst = _graph(kind, gen)
+    num_src, num_dst, src, dst = make_graph(kind, gen)
     dst, perm = torch.sort(dst, stable=True)
     rowptr = torch._convert_indices_from_coo_to_csr(dst, num_dst)
     E = src.numel()

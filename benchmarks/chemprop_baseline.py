@@ -81,8 +81,7 @@ def run(cfg: molecules.Config, chemprop: str) -> dict[str, Any]:
     version = subprocess.run([chemprop, "--version"], capture_output=True, text=True)
     result: dict[str, Any] = {"chemprop": version.stdout.strip(), "splits": {}}
     for name in cfg.splits:
-        seeds = cfg.scaffold_seeds if name == "freesolv-scaffold" else cfg.seeds
-        epochs = cfg.solubility_epochs if name == "solubility" else cfg.epochs
+        seeds, epochs = cfg.schedule(name)
         rmse, times = [], []
         for seed in seeds:
             with tempfile.TemporaryDirectory() as tmp:

@@ -72,6 +72,11 @@ class Config:
     max_molecules: int | None = None
     cost_epochs: int = 6
 
+    def schedule(self, split: str) -> tuple[tuple[int, ...], int]:
+        """The seeds and the epochs of one split (shared with the chemprop baseline)."""
+        seeds = self.scaffold_seeds if split == "freesolv-scaffold" else self.seeds
+        return seeds, self.solubility_epochs if split == "solubility" else self.epochs
+
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
         """3 epochs (chemprop warms up for 2), one seed, 60 molecules per set: a smoke test,
@@ -138,8 +143,7 @@ def step_cost(layer: str, cfg: Config, batch: Batch) -> dict[str, Any]:
 
 
 def _run_split(name: str, cfg: Config) -> dict[str, Any]:
-    seeds = cfg.scaffold_seeds if name == "freesolv-scaffold" else cfg.seeds
-    epochs = cfg.solubility_epochs if name == "solubility" else cfg.epochs
+    seeds, epochs = cfg.schedule(name)
     result: dict[str, Any] = {"seeds": list(seeds), "epochs": epochs, "layers": {}}
     runs: dict[str, list[dict[str, Any]]] = {layer: [] for layer in cfg.layers}
     for seed in seeds:

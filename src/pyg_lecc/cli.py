@@ -221,6 +221,13 @@ def _add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "--threads", type=_int_at_least(1), default=None, help="CPU threads (default: all cores)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--register",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train on training pairs shifted into register and cropped to their overlap "
+        "(default: on; validation pairs are never changed)",
+    )
     _add_train_budget_options(p)
     _add_train_selection_options(p)
     p.set_defaults(handler=_cmd_train)
@@ -476,6 +483,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         holdout_pairs=args.holdout_pairs,
         ema_bias_correction=args.ema_bias_correction,
         compile=args.compile,
+        register=args.register,
     )
     if args.threads is not None:
         limit_numba_threads(args.threads)  # no idle Numba worker spinning on another core

@@ -16,6 +16,7 @@ from pyg_lecc._atomic import write_atomically
 from pyg_lecc.training.config import (
     BEST_NAME,
     CHECKPOINT_NAME,
+    LEGACY_VALUES,
     LOG_NAME,
     RESUME_FIELDS,
     WEIGHTS_NAME,
@@ -98,8 +99,8 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path) -> None:
     current = config.to_dict()
-    # Checkpoints older than a field hold that field's default.
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    # Checkpoints older than a field hold that field's default, or its legacy value.
+    defaults = {f.name: f.default for f in fields(TrainConfig)} | LEGACY_VALUES
     diffs = []
     for name in RESUME_FIELDS:
         old, new = stored.get(name, defaults[name]), current[name]
@@ -118,6 +119,8 @@ def _check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path
                 f"new run with init_from={path.parent / WEIGHTS_NAME}, --init-from on the "
                 "command line)"
             )
+        elif any(d.startswith("register ") for d in diffs):
+            hint = " (--register / --no-register on the command line)"
         raise ValueError(
             f"cannot resume from {path}: the configuration differs in " + "; ".join(diffs) + hint
         )

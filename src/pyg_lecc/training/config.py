@@ -17,6 +17,7 @@ __all__ = [
     "BEST_NAME",
     "CHECKPOINT_NAME",
     "COMPILE_MODES",
+    "LEGACY_VALUES",
     "LOG_NAME",
     "RESUME_FIELDS",
     "SCHEDULES",
@@ -56,10 +57,16 @@ RESUME_FIELDS: tuple[str, ...] = (
     "bn_batches",
     "holdout_pairs",
     "ema_bias_correction",
+    "register",
 )
 """Fields of :class:`TrainConfig` (architecture, data, schedule) that must be equal to resume.
 The others (device, output and logging intervals, threads, progress bar, time budget, mixed
 precision) may change."""
+
+LEGACY_VALUES: dict[str, Any] = {"register": False}
+"""Values of :data:`RESUME_FIELDS` that a checkpoint written before the field existed ran
+with, where they differ from today's default (other missing fields read as the default): runs
+before ``register`` trained on the pairs as stored."""
 
 SCHEDULES: tuple[str, ...] = ("exp", "cosine")
 """Learning-rate decays after the warm-up: exponential (the paper's) or cosine."""
@@ -142,6 +149,13 @@ class TrainConfig:
             checkpoints and exported weights use the plain module): ``"none"`` (eager),
             ``"default"`` or ``"reduce-overhead"`` (CUDA graphs). Compilation takes tens of
             seconds at the start of each session.
+        register: Train on pairs shifted into register (:mod:`pyg_lecc.registration`): each
+            training pair's RGB image is moved onto its NIR image by its estimated sub-pixel
+            shift and both are cropped to the valid overlap; pairs whose estimate is
+            unreliable stay as they are. The held-out pairs (``holdout``,
+            ``holdout_pairs``) are registered the same way; the ``val_split`` pairs are never
+            changed (also with ``val_split="train"``). A run started before this option
+            existed resumes with ``register=False``.
 
     Raises:
         ValueError: A value is out of range, the model is unknown, or the device is not
@@ -179,6 +193,7 @@ class TrainConfig:
     holdout_pairs: str | None = None
     ema_bias_correction: bool = False
     compile: str = "none"
+    register: bool = True
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -277,7 +292,7 @@ class TrainConfig:
                 "init_from starts a new run from a weights file; resume continues a run from "
                 "its checkpoint: use one or the other"
             )
-        for name in ("resume", "progress", "ema_bias_correction"):
+        for name in ("resume", "progress", "ema_bias_correction", "register"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 

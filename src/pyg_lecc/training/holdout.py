@@ -82,7 +82,11 @@ def _holdout_indices(train_set: PairedImageDataset, config: TrainConfig) -> list
 def _split_holdout(
     train_set: PairedImageDataset, config: TrainConfig
 ) -> tuple[PairedImageDataset, _EvalData | None]:
-    """Sets training pairs aside for model selection (``holdout`` or ``holdout_pairs``)."""
+    """Sets training pairs aside for model selection (``holdout`` or ``holdout_pairs``).
+
+    The held-out images are ``train_set``'s: with ``register``, shifted into register like the
+    pairs trained on (those with an unreliable estimate as stored), so that selection scores
+    the same targets that training fits."""
     if not config.holdout and config.holdout_pairs is None:
         return train_set, None
     held = _holdout_indices(train_set, config)

@@ -170,7 +170,7 @@ class _Run:
         if config.resume:
             ckpt = _load_resumable(self.ckpt_path, config, info.world_size)
         train_set, self.select_data = _split_holdout(
-            PairedImageDataset(config.data, "train"), config
+            PairedImageDataset(config.data, "train", register=config.register), config
         )
         self.val_data = _load_validation(config) if info.is_main else None
         self._build(train_set)

@@ -24,8 +24,10 @@ def _write_pair(base: Path, name: str, nir: np.ndarray, rgb: np.ndarray) -> None
 
 def _make_misregistered(root: Path) -> Path:
     """Training and validation pairs that are each off by SHIFT, plus a flat training pair."""
-    flat = np.random.default_rng(0).normal(0.5, 0.01, (64, 64))
-    _write_pair(root / "train", "flat", flat, np.stack([1.0 - flat] * 3, axis=-1))
+    # A clear sky: flat, with independent noise in the two images.
+    rng = np.random.default_rng(0)
+    flat_nir, flat_rgb = rng.normal(0.5, 0.02, (64, 64)), rng.normal(0.4, 0.02, (64, 64, 3))
+    _write_pair(root / "train", "flat", flat_nir, flat_rgb)
     for split in ("train", "validation"):
         _write_pair(root / split, "shifted", *_shifted_pair(SHIFT, size=64))
     return root

@@ -5,8 +5,8 @@ import torch
 
 import pyg_lecc.ops.reference as reference
 from pyg_lecc._optional import WITH_NUMBA
-from pyg_lecc.ops import edge_aggregate
-from pyg_lecc.ops.checks import _check_index_values, fewest_candidates
+from pyg_lecc.ops import edge_aggregate, edge_label_aggregate
+from pyg_lecc.ops.checks import _check_index_values, check_knn_window, fewest_candidates
 
 SLOPE, DELTA = 0.2, 10.0
 
@@ -56,6 +56,10 @@ BAD = [
     ("V with fewer rows", dict(V=torch.randn(5, 2, 5)), ValueError, r"'V' must have shape"),
     ("y_src of another width", dict(y_src=torch.randn(6, 7)), ValueError, "'y_src'"),
     ("empty rowptr", dict(rowptr=torch.tensor([], dtype=torch.long)), ValueError, "rowptr"),
+    # Monotone only through int64 wrap-around: every step of rowptr.diff() is positive.
+    ("pointers wrapping around", dict(rowptr=torch.tensor([0, 2**63 - 1, -(2**63), -1, 0, 4]),
+     x_dst=torch.randn(5, 4), y_dst=torch.randn(5, 5)), ValueError,
+     r"'rowptr' must rise from 0 .* values in \[-9223372036854775808, 9223372036854775807\]"),
 ]  # fmt: skip
 NAMES = ("x_src", "x_dst", "y_src", "y_dst", "b0", "V", "c", "w_omega", "b_omega")
 
@@ -80,7 +84,8 @@ def test_forward_entries_refuse_inputs_they_would_read_outside_of(entry, case):
 def test_backward_entries_refuse_inputs_they_would_read_outside_of(entry, case):
     _, change, error, match = case
     floats, rowptr, col = _bad_inputs(change)
-    grads = [torch.randn(3, 2, 5), torch.randn(3, 2)]
+    num_dst = max(rowptr.numel() - 1, 0)  # output gradients that fit the pointers
+    grads = [torch.randn(num_dst, 2, 5), torch.randn(num_dst, 2)]
     with pytest.raises(error, match=match):
         entry[1](*grads, *floats, rowptr, col, DELTA, SLOPE)
 
@@ -101,7 +106,9 @@ def test_valid_inputs_pass_every_entry(entry):
     assert Q.shape == (3, 2, 5) and P.shape == (3, 2)
 
 
-@pytest.mark.parametrize("case", [c for c in BAD if c[2] is IndexError or "rowptr'" in c[3]])
+@pytest.mark.parametrize(
+    "case", [c for c in BAD if c[2] is IndexError or "rowptr'" in c[3]], ids=lambda c: c[0]
+)
 def test_device_side_check_without_host_sync(case):
     # The path CUDA inputs take: one asynchronous assertion (raised at once on CPU tensors).
     _, change, _, _ = case
@@ -141,3 +148,49 @@ def test_knn_kernel_entry_refuses_windows_outside_the_image(k, radius, window, m
 
     with pytest.raises(ValueError, match=match):
         knn_in_windows(torch.randn(1, 3, 8, 6), k, radius, window)
+
+
+def _label_entries():
+    entries = [
+        ("reference", reference.edge_label_aggregate_forward),
+        ("dispatcher", edge_label_aggregate),
+    ]
+    if WITH_NUMBA:
+        from pyg_lecc.ops import cpu
+
+        entries.append(("numba", cpu.edge_label_aggregate_forward))
+    return entries
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.complex64])
+@pytest.mark.parametrize(
+    "entry",
+    [(f"{name} forward", fn, False) for name, fn in _forward_entries()]
+    + [(f"{name} backward", fn, True) for name, fn in _backward_entries()],
+    ids=lambda e: e[0],
+)
+def test_edge_aggregate_refuses_data_that_is_not_floating_point(entry, dtype):
+    _, fn, backward = entry
+    floats, rowptr, col = _inputs()
+    floats = [(10 * t).to(dtype) for t in floats]
+    grads = [torch.ones(3, 2, 5, dtype=dtype), torch.ones(3, 2, dtype=dtype)] if backward else []
+    with pytest.raises(ValueError, match=rf"'x_src' must be a floating-point .*{dtype}"):
+        fn(*grads, *floats, rowptr, col, DELTA, SLOPE)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("entry", _label_entries(), ids=lambda e: e[0])
+def test_edge_label_aggregate_refuses_data_that_is_not_floating_point(entry, dtype):
+    (_, _, _, _, _, V, c, w_omega, b_omega), rowptr, col = _inputs()
+    pre, gamma = torch.randn(col.numel(), 5), torch.rand(col.numel())
+    floats = [(10 * t).to(dtype) for t in (pre, gamma, V, c, w_omega, b_omega)]
+    with pytest.raises(ValueError, match=rf"'pre' must be a floating-point .*{dtype}"):
+        entry[1](*floats, rowptr, col, SLOPE)
+
+
+@pytest.mark.parametrize("tile", [-1, 0, 2.5, True, "16"])
+def test_knn_window_check_refuses_tiles_that_are_not_positive_integers(tile):
+    with pytest.raises(ValueError, match=rf"'tile' must be a positive integer, got {tile!r}"):
+        check_knn_window((1, 3, 8, 6), 4, 1, (4, 4), tile)
+    check_knn_window((1, 3, 8, 6), 4, 1, (4, 4), 1)
+    check_knn_window((1, 3, 8, 6), 4, 1, (4, 4), 1000)  # larger than the image: one tile

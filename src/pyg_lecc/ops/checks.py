@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 _NAMES = ("x_src", "x_dst", "y_src", "y_dst", "b0", "V", "c", "w_omega", "b_omega")
+_GRAD_NAMES = ("grad_Q", "grad_P")
 
 
 def _expected_shapes(floats: list[Tensor], num_dst: int) -> dict[str, tuple[int, ...]]:
@@ -39,6 +40,21 @@ def _expected_shapes(floats: list[Tensor], num_dst: int) -> dict[str, tuple[int,
         "w_omega": (r, Fh),
         "b_omega": (r,),
     }
+
+
+# What the kernels compute in: float16 / bfloat16 are accumulated in float32 on CPU.
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_float_dtypes(names: tuple[str, ...], tensors: list[Tensor | None], op: str) -> None:
+    # Integer (or complex) data would be refused by the reference deep inside PyTorch and
+    # silently computed in integer arithmetic by the Numba kernels: one clear error instead.
+    for name, tensor in zip(names, tensors, strict=True):
+        if tensor is not None and tensor.dtype not in _FLOAT_DTYPES:
+            raise ValueError(
+                f"{op}: '{name}' must be a floating-point tensor (float16, bfloat16, float32 "
+                f"or float64), got dtype {tensor.dtype}"
+            )
 
 
 def _check_index_shapes(rowptr: Tensor, col: Tensor, op: str) -> None:
@@ -73,17 +89,26 @@ def _check_index_values(
     rowptr: Tensor, col: Tensor, num_src: int, on_host: bool, op: str = "edge_aggregate"
 ) -> None:
     num_edges = col.numel()
+    # Comparisons only: `rowptr.diff()` wraps around in int64, so pointers such as
+    # [0, 2**63 - 1, -2**63, E] would pass a `diff() >= 0` test and send a kernel far outside
+    # its arrays. Values within [0, E] and pairwise non-decreasing cannot overflow.
+    ok = (
+        (rowptr[0] == 0)
+        & (rowptr[-1] == num_edges)
+        & ((rowptr >= 0) & (rowptr <= num_edges)).all()
+        & (rowptr[1:] >= rowptr[:-1]).all()
+    )
     if not on_host:
-        ok = (rowptr[0] == 0) & (rowptr[-1] == num_edges) & (rowptr.diff() >= 0).all()
         if num_edges > 0:
             ok = ok & (col.min() >= 0) & (col.max() < num_src)
         torch._assert_async(ok, f"{op}: rowptr/col do not index the node tensors")
         return
-    first, last = int(rowptr[0]), int(rowptr[-1])
-    if first != 0 or last != num_edges or not bool((rowptr.diff() >= 0).all()):
+    if not bool(ok):
+        first, last = int(rowptr[0]), int(rowptr[-1])
+        lo, hi = int(rowptr.min()), int(rowptr.max())
         raise ValueError(
-            f"{op}: 'rowptr' must rise from 0 to the number of edges "
-            f"({num_edges}) without decreasing, got first {first} and last {last}"
+            f"{op}: 'rowptr' must rise from 0 to the number of edges ({num_edges}) without "
+            f"decreasing, got first {first}, last {last} and values in [{lo}, {hi}]"
         )
     if num_edges > 0:
         lo, hi = int(col.min()), int(col.max())
@@ -108,11 +133,12 @@ def check_edge_aggregate_inputs(
         col (torch.Tensor): Source of every edge.
         grads (list[torch.Tensor], optional): ``grad_Q, grad_P``. (default: :obj:`None`)
     """
+    _check_float_dtypes(_NAMES + _GRAD_NAMES, [*floats, *(grads or [None, None])], "edge_aggregate")
     _check_shapes(floats, rowptr, col)
     if grads is not None:
         num_dst, (r, Fh) = rowptr.numel() - 1, floats[5].shape[1:]
         for name, grad, shape in zip(
-            ("grad_Q", "grad_P"), grads, ((num_dst, r, Fh), (num_dst, r)), strict=True
+            _GRAD_NAMES, grads, ((num_dst, r, Fh), (num_dst, r)), strict=True
         ):
             if tuple(grad.shape) != shape:
                 raise ValueError(
@@ -140,6 +166,7 @@ def check_edge_label_aggregate_inputs(
         grads (list[torch.Tensor], optional): ``grad_Q, grad_P``. (default: :obj:`None`)
     """
     op = "edge_label_aggregate"
+    _check_float_dtypes(_LABEL_NAMES + _GRAD_NAMES, [*floats, *(grads or [None, None])], op)
     _check_index_shapes(rowptr, col, op)
     pre, V = floats[0], floats[2]
     if pre is None or V is None or pre.dim() != 2 or V.dim() != 3:
@@ -168,7 +195,7 @@ def check_edge_label_aggregate_inputs(
             )
     if grads is not None:
         for name, grad, shape in zip(
-            ("grad_Q", "grad_P"), grads, ((num_dst, r, Fh), (num_dst, r)), strict=True
+            _GRAD_NAMES, grads, ((num_dst, r, Fh), (num_dst, r)), strict=True
         ):
             if tuple(grad.shape) != shape:
                 raise ValueError(
@@ -187,12 +214,20 @@ def fewest_candidates(window: tuple[int, int], exclude_radius: int) -> int:
 
 
 def check_knn_window(
-    shape: tuple[int, ...], k: int, exclude_radius: int, window: tuple[int, int]
+    shape: tuple[int, ...],
+    k: int,
+    exclude_radius: int,
+    window: tuple[int, int],
+    tile: int | None = None,
 ) -> None:
     r"""Checks the arguments of :func:`pyg_lecc.ops.knn.knn_in_windows`: a window inside the
-    :math:`(B, C, H, W)` image and at least :obj:`k` candidates for every pixel."""
+    :math:`(B, C, H, W)` image, at least :obj:`k` candidates for every pixel and, unless
+    :obj:`tile` is :obj:`None`, a positive integer tile side (a side below 1 leaves no tile
+    to compute, and the output uninitialised)."""
     if len(shape) != 4:
         raise ValueError(f"knn_in_windows: 'feats' must be (B, C, H, W), got shape {shape}")
+    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 1):
+        raise ValueError(f"knn_in_windows: 'tile' must be a positive integer, got {tile!r}")
     H, W = shape[2], shape[3]
     Sh, Sw = window
     if not (1 <= Sh <= H and 1 <= Sw <= W):

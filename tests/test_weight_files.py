@@ -3,6 +3,7 @@ import json
 import pytest
 import safetensors.torch
 import torch
+from safetensors_helpers import edit_header
 
 from pyg_lecc.weight_files import read_weights_file, tensors_sha256, write_weights_file
 
@@ -90,4 +91,58 @@ def test_write_replaces_atomically(tmp_path):
     assert meta == {"n": 2} and torch.equal(state["a"], torch.zeros(2))
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
     header = json.loads(path.read_bytes()[8 : 8 + int.from_bytes(path.read_bytes()[:8], "little")])
-    assert set(header["__metadata__"]) == {"pyg_lecc", "sha256"}
+    assert set(header["__metadata__"]) == {"pyg_lecc", "sha256", "metadata_sha256"}
+
+
+def _replace(key: str, old: str, new: str):
+    def edit(entries: dict[str, str]) -> None:
+        assert old in entries[key]
+        entries[key] = entries[key].replace(old, new)
+
+    return edit
+
+
+@pytest.mark.parametrize("old,new", [('"k": 8', '"k": 9'), ('"delta": 10.0', '"delta": 90.0')])
+def test_an_edited_header_is_refused(tmp_path, old, new):
+    path = tmp_path / "w.safetensors"
+    write_weights_file(path, _state(), {"model": "nir-gnn", "config": {"k": 8, "delta": 10.0}})
+    edit_header(path, _replace("pyg_lecc", old, new))
+    with pytest.raises(ValueError, match=rf"{path}: its header was edited or damaged"):
+        read_weights_file(path)
+
+
+def test_a_header_moved_onto_other_tensors_is_refused(tmp_path):
+    # Both hashes are intact, but the header's hash binds it to the tensors it was written with.
+    donor, path = tmp_path / "donor.safetensors", tmp_path / "w.safetensors"
+    write_weights_file(donor, {"a": torch.ones(2)}, {"model": "cnn"})
+    write_weights_file(path, {"a": torch.zeros(2)}, {"model": "nir-gnn"})
+    moved = json.loads(donor.read_bytes()[8 : 8 + int.from_bytes(donor.read_bytes()[:8], "little")])
+    edit_header(path, lambda entries: entries.update(
+        {k: v for k, v in moved["__metadata__"].items() if k != "sha256"}
+    ))  # fmt: skip
+    with pytest.raises(ValueError, match="its header was edited or damaged"):
+        read_weights_file(path)
+
+
+def test_headers_written_before_header_hashes_go_to_the_caller_check(tmp_path):
+    path = tmp_path / "old.safetensors"
+    metadata = {"model": "nir-gnn", "config": {"k": 8}}
+    write_weights_file(path, _state(), metadata)
+    edit_header(path, lambda entries: entries.pop("metadata_sha256"))
+    seen = []
+    assert read_weights_file(path, seen.append)[0] == metadata
+    assert seen == [metadata]
+    assert read_weights_file(path)[0] == metadata  # no check given: taken as it is
+    hashed = tmp_path / "new.safetensors"
+    write_weights_file(hashed, _state(), metadata)
+    read_weights_file(hashed, seen.append)
+    assert len(seen) == 1  # a hashed header needs no other check
+
+
+def test_a_torch_archive_named_safetensors_is_read_by_its_content(tmp_path):
+    path = tmp_path / "old.safetensors"
+    blob = {"model": "cnn", "config": {"features": 3}, "state_dict": _state()}
+    torch.save(blob, path)
+    meta, state = read_weights_file(path)
+    assert meta == {"model": "cnn", "config": {"features": 3}}
+    assert all(torch.equal(state[k], v) for k, v in _state().items())

@@ -1,11 +1,13 @@
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors_helpers import edit_header
 from weights_helpers import flip_a_tensor_byte
 
 import pyg_lecc
@@ -20,6 +22,7 @@ from pyg_lecc.models import (
     num_parameters,
     save_weights,
 )
+from pyg_lecc.weight_files import write_weights_file
 
 TINY = dict(features=6, rank=2, k=4, layers_per_block=1)
 
@@ -250,3 +253,94 @@ def test_shipped_weights_are_safetensors_with_their_metadata(name):
     card = json.loads(path.with_suffix(".json").read_text())
     assert meta["model"] == name and meta["config"] == card["config"]
     assert meta["training"]["iterations"] == card["iterations"]
+
+
+def _copy_shipped(tmp_path: Path, name: str, with_card: bool) -> Path:
+    tmp_path.mkdir()
+    path = tmp_path / f"{name}.safetensors"
+    shutil.copy(default_weights_path(name), path)
+    if with_card:
+        shutil.copy(default_weights_path(name).with_suffix(".json"), path.with_suffix(".json"))
+    return path
+
+
+@pytest.mark.parametrize("old,new", [('"k": 8', '"k": 9'), ('"delta": 10.0', '"delta": 90.0')])
+def test_edited_header_of_shipped_weights_is_refused(tmp_path, old, new):
+    # The shipped files predate header hashes: the header's config is compared with the copy
+    # in its training metadata and with the model card next to it.
+    def edit(count: int):
+        def apply(entries: dict[str, str]) -> None:
+            entries["pyg_lecc"] = entries["pyg_lecc"].replace(old, new, count)
+
+        return apply
+
+    intact = _copy_shipped(tmp_path / "intact", "nir-gnn", with_card=True)
+    assert load_weights(intact)[0]["config"]["k"] == 8
+    alone = _copy_shipped(tmp_path / "alone", "nir-gnn", with_card=False)
+    edit_header(alone, edit(1))  # the config, not its copy in the training metadata
+    with pytest.raises(ValueError, match=rf"{alone} is damaged: the config in its header, .* "
+                       "differs from its training metadata"):  # fmt: skip
+        model_from_weights(alone)
+    carded = _copy_shipped(tmp_path / "carded", "nir-gnn", with_card=True)
+    edit_header(carded, edit(-1))  # every copy in the file
+    with pytest.raises(ValueError, match=r"differs from its model card .*nir-gnn\.json"):
+        get_model("nir-gnn", weights=carded)
+
+
+def test_edited_header_of_new_weights_is_refused(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_weights(NIRGNN(**TINY), "nir-gnn", path)
+    edit_header(path, lambda e: e.update(pyg_lecc=e["pyg_lecc"].replace('"k": 4', '"k": 5')))
+    with pytest.raises(ValueError, match=rf"{path}: its header was edited or damaged"):
+        model_from_weights(path)
+
+
+def test_config_is_compared_with_the_tensors_before_anything_is_built(tmp_path, monkeypatch):
+    # A small file whose (hashed, intact) header claims a wide model: refused on the meta
+    # device, before the model that the claim describes would be allocated.
+    path = tmp_path / "w.safetensors"
+    model = NIRGNN(**TINY)
+    write_weights_file(
+        path,
+        model.state_dict(),
+        {"model": "nir-gnn", "config": {**model.config(), "features": 900}},
+    )
+    devices = []
+    init = NIRGNN.__init__
+
+    def spy(self, *args, **kwargs):
+        devices.append(torch.get_default_device().type)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(NIRGNN, "__init__", spy)
+    with pytest.raises(ValueError, match=rf"{path} is damaged: its tensors do not match") as err:
+        model_from_weights(path)
+    assert "\n" not in str(err.value)
+    assert devices == ["meta"]
+
+
+def test_cli_refuses_a_config_its_tensors_contradict_with_exit_code_2(tmp_path, capsys):
+    from pyg_lecc.cli import main
+
+    path = tmp_path / "w.safetensors"
+    model = NIRGNN(**TINY)
+    config = {**model.config(), "features": 30000}
+    write_weights_file(path, model.state_dict(), {"model": "nir-gnn", "config": config})
+    assert main(["colorize", "--demo", "-o", str(tmp_path / "out"), "--weights", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{path} is damaged: its tensors do not match" in error
+
+
+@pytest.mark.parametrize("label,non_local", [("cnn", True), ("nir-gnn", False)])
+def test_weights_labelled_as_the_other_model_are_refused(tmp_path, label, non_local):
+    path = tmp_path / "w.safetensors"
+    model = NIRGNN(**TINY, non_local=non_local)
+    write_weights_file(path, model.state_dict(), {"model": label, "config": model.config()})
+    kind = "NIR-GNN" if non_local else "CNN baseline"
+    match = rf"{path} is damaged: it is labelled '{label}', but its config describes a {kind}"
+    with pytest.raises(ValueError, match=match):
+        get_model(label, weights=path)
+    with pytest.raises(ValueError, match=match):
+        load_weights(path)
+    with pytest.raises(ValueError, match=rf"a {kind} \(non_local={non_local}\), not a '{label}'"):
+        save_weights(model, label, path)

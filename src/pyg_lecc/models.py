@@ -6,6 +6,7 @@ image graph builder :class:`ImageKNNGraph` and 3x3 convolutions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -290,9 +291,25 @@ _CONFIG_TYPES: dict[str, type] = {
 }
 
 
+# The non_local flag of each registered model: a label that disagrees would let NIR-GNN
+# weights load through cnn_baseline (and the reverse).
+_NON_LOCAL = {"nir-gnn": True, "cnn": False}
+_KINDS = {True: "NIR-GNN", False: "CNN baseline"}
+
+
 def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Loads a weights file written by :func:`save_weights` (safetensors), or an earlier
     ``torch.save`` archive, without running any code (:mod:`pyg_lecc.weight_files`).
+
+    Checked here: the hashes of the tensors and of the header, the config's keys and values,
+    the model name against the config, and the tensors' types and values. Whether the tensors
+    fit the config is checked by :func:`model_from_weights`, before it builds the model.
+
+    The header of a safetensors file written before headers were hashed (the weights shipped
+    so far among them) is compared instead with the copies of ``model`` and ``config`` that
+    the file's training metadata and the model card next to it (``<stem>.json``) hold: an
+    edit of the header alone is refused. Such a file with neither copy is taken as it is;
+    its tensors still have to fit its config.
 
     Returns:
         The model name, architecture config and (when stored) training metadata, and the
@@ -301,17 +318,18 @@ def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is a directory, or not a valid weights file: truncated or of
-            another format, tensors that do not match the stored hash (safetensors) or CRC-32
-            checksums (a flipped bit), objects other than tensors and plain values, missing
-            entries, an unregistered model name, an unknown or invalid config value, or a
-            tensor that is not finite. The message names the file and the problem.
+            another format, tensors or a header that do not match the stored hashes
+            (safetensors) or CRC-32 checksums (a flipped bit), objects other than tensors
+            and plain values, missing entries, an unregistered model name, an unknown or
+            invalid config value, a model name that the config contradicts, or a tensor
+            that is not finite. The message names the file and the problem.
     """
     path = Path(path)
-    meta, state = read_weights_file(path)
-    name, config = meta.get("model"), meta.get("config")
+    meta, state = read_weights_file(path, lambda header: _check_unhashed_header(path, header))
+    name = meta.get("model")
     if name not in _REGISTRY:
         raise ValueError(f"{path} holds weights of unknown model {name!r}; known: {list_models()}")
-    _check_config(path, config)
+    config = _check_config(path, meta.get("config"))
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, Tensor) and _is_plain(v) for k, v in state.items()
     ):
@@ -321,10 +339,45 @@ def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     for key, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{path} is damaged: tensor {key!r} holds NaN or infinite values")
-    loaded = {"model": name, "config": dict(config)}  # type: ignore[arg-type]
+    if config["non_local"] != _NON_LOCAL[name]:
+        raise ValueError(
+            f"{path} is damaged: it is labelled {name!r}, but its config describes a "
+            f"{_KINDS[config['non_local']]} (non_local={config['non_local']})"
+        )
+    loaded = {"model": name, "config": dict(config)}
     if isinstance(meta.get("training"), dict):
         loaded["training"] = meta["training"]
     return loaded, state
+
+
+def _check_unhashed_header(path: Path, meta: dict[str, Any]) -> None:
+    # Older files: the header's model and config against their other copies (see load_weights).
+    # An unreadable model card is no copy: it is not part of the weights file.
+    copies = [("its training metadata", meta.get("training"))]
+    card = path.with_suffix(".json")
+    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+        copies.append((f"its model card {card}", json.loads(card.read_text())))
+    for where, copy in copies:
+        for key in ("model", "config"):
+            if isinstance(copy, dict) and key in copy and copy[key] != meta.get(key):
+                raise ValueError(
+                    f"{path} is damaged: the {key} in its header, {meta.get(key)!r}, differs "
+                    f"from {where}, {copy[key]!r} (its header predates header hashes, so "
+                    f"these copies are compared)"
+                )
+
+
+def _check_tensors_fit(path: Path, config: dict[str, Any], state: dict[str, Tensor]) -> None:
+    try:
+        with torch.device("meta"):
+            expected = NIRGNN(**config).state_dict()
+    except ValueError as err:
+        raise ValueError(f"{path} is damaged: its config {config} is invalid: {err}") from err
+    mismatch = _state_mismatch(expected, state)
+    if mismatch:
+        raise ValueError(
+            f"{path} is damaged: its tensors do not match its config {config}: {mismatch}"
+        )
 
 
 def _is_plain(tensor: Tensor) -> bool:
@@ -334,7 +387,7 @@ def _is_plain(tensor: Tensor) -> bool:
     )
 
 
-def _check_config(path: Path, config: object) -> None:
+def _check_config(path: Path, config: object) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"{path} is damaged: 'config' is not a dict, got {type(config).__name__}")
     unknown = sorted(map(str, config.keys() - _CONFIG_TYPES.keys()))
@@ -355,6 +408,7 @@ def _check_config(path: Path, config: object) -> None:
             valid = valid and math.isfinite(value) and value > 0
         if not valid:
             raise ValueError(f"{path} is damaged: invalid config value {key}={value!r}")
+    return config
 
 
 def save_weights(
@@ -369,7 +423,18 @@ def save_weights(
         path: Destination file.
         training: JSON-serialisable training metadata (iterations, hardware, scores, ...),
             returned by :func:`load_weights` as ``"training"``.
+
+    Raises:
+        ValueError: ``name`` is not registered, or names the other kind of model (a CNN
+            baseline saved as :obj:`"nir-gnn"`).
     """
+    if name not in _REGISTRY:
+        raise ValueError(f"save_weights: unknown model {name!r}; available: {list_models()}")
+    if model.non_local != _NON_LOCAL[name]:  # load_weights would refuse the file
+        raise ValueError(
+            f"save_weights: the model is a {_KINDS[model.non_local]} (non_local="
+            f"{model.non_local}), not a {name!r} model"
+        )
     metadata: dict[str, Any] = {"model": name, "config": model.config()}
     if training is not None:
         metadata["training"] = training
@@ -443,17 +508,10 @@ def model_from_weights(path: str | Path, **runtime: Any) -> tuple[NIRGNN, str]:
             tensors do not match its config. The message names the file and the problem.
     """
     meta, state = load_weights(path)
-    try:
-        model = NIRGNN(**meta["config"], **runtime)
-    except ValueError as err:
-        raise ValueError(
-            f"{path} is damaged: its config {meta['config']} is invalid: {err}"
-        ) from err
-    mismatch = _state_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise ValueError(
-            f"{path} is damaged: its tensors do not match its config {meta['config']}: {mismatch}"
-        )
+    # Compared on the meta device first, which allocates nothing: a small file whose header
+    # claims "features": 30000 would otherwise build a model of several GB before failing.
+    _check_tensors_fit(path, meta["config"], state)
+    model = NIRGNN(**meta["config"], **runtime)
     model.load_state_dict(state)
     return model.eval(), str(meta["model"])
 

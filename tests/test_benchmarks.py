@@ -294,3 +294,21 @@ def test_molecules_cost_only_keeps_the_accuracy_results(tmp_path, monkeypatch) -
     assert "cost_run" in after["metadata"] and "cost_run" not in before["metadata"]
     assert all(_positive(c["epoch_time_s"]) for c in after["molecules"]["cost"].values())
     assert "re-measured" in (tmp_path / "molecules.md").read_text()
+
+
+def test_profile_attributes_every_op_to_a_phase(tmp_path: Path) -> None:
+    from benchmarks import profile
+
+    cfg = profile.Config.quick(features=6, rank=2, k=4, layers_per_block=1, patch_size=12)
+    result = profile.run(cfg, tmp_path)
+    ops = result["ops_ms"]
+    for phase in profile.PHASES:  # the phase totals are the sums of their ops
+        assert result["phases_ms"][phase] == pytest.approx(sum(ops[phase].values()))
+    parts = result["forward_parts_ms"]
+    assert set(parts) == {"knn_graph", "lightweight_ecc", "rest"}
+    assert sum(parts.values()) == pytest.approx(result["phases_ms"]["forward"])
+    assert all(_positive(ms) for ms in parts.values())
+    assert "pyg_lecc::edge_aggregate_backward" in ops["backward"]
+    assert "pyg_lecc::edge_aggregate_backward" not in ops["forward"]
+    assert set(result["iteration_by_backward"]) == set(profile.BACKWARDS)
+    assert "| `one_pass` |" in profile.markdown(result)

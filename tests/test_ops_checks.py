@@ -194,3 +194,12 @@ def test_knn_window_check_refuses_tiles_that_are_not_positive_integers(tile):
         check_knn_window((1, 3, 8, 6), 4, 1, (4, 4), tile)
     check_knn_window((1, 3, 8, 6), 4, 1, (4, 4), 1)
     check_knn_window((1, 3, 8, 6), 4, 1, (4, 4), 1000)  # larger than the image: one tile
+
+
+@pytest.mark.skipif(not WITH_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("tile", [-1, 0])
+def test_knn_kernel_entry_refuses_tiles_below_one(tile):
+    from pyg_lecc.ops.knn import knn_in_windows
+
+    with pytest.raises(ValueError, match=rf"'tile' must be a positive integer, got {tile}"):
+        knn_in_windows(torch.randn(1, 3, 10, 10), 4, 1, (5, 5), tile=tile)

@@ -14,16 +14,19 @@ the per-edge quantities in registers and small scratch vectors, and adds ``a z^T
 own row of ``Q``, which stays in cache for all of its ``k`` edges. No atomics, nothing of
 size ``E x F_h`` is written.
 
-Backward: two passes. The target pass (CSR) recomputes each edge, writes the target-side
-gradients (``x_dst``, ``y_dst``) of its own node, accumulates the parameter gradients in one
-partial per block of targets, and stores ``3r + 1`` numbers per edge (``a``, ``g_u``,
-``g_omega`` and the scalar factor of ``g_d``). The source pass (CSC, a counting sort of
-``col``) walks each source's outgoing edges, recomputes ``z`` and ``g_z`` from those numbers
-and writes the source-side gradients (``x_src``, ``y_src``, ``V``, ``c``) of its own node.
-Per-thread ``N x r x F_h`` buffers were the alternative: their memory grows with the thread
-count (77 MB per thread at the paper's sizes) and they need a reduction; the source pass
-costs about ``4 r F_h`` multiply-adds per edge instead, needs no buffer larger than
-``E x 3r`` and gives the same result for any thread count.
+Backward, one pass (the default): one block of targets per thread walks its edges (CSR),
+recomputes each edge's quantities, writes the target-side gradients (``x_dst``, ``y_dst``) of
+its own nodes and adds the source-side ones (``x_src``, ``y_src``, ``V``, ``c``) into a
+buffer of its own, which on one thread is the output itself; the buffers of several threads
+are summed afterwards, and so are the per-block partials of the parameter gradients. Those
+buffers cost ``(threads - 1) x N_src x (F_in + F_h + r F_h + r)`` numbers; where that exceeds
+:data:`ONE_PASS_BUFFER_BYTES`, the backward takes two passes instead. The target pass then
+stores ``3r + 1`` numbers per edge (``a``, ``g_u``, ``g_omega`` and the scalar factor of
+``g_d``) and a source pass (CSC, a counting sort of ``col``) walks each source's outgoing
+edges, recomputes ``z`` and ``g_z`` from those numbers and writes the source-side gradients
+of its own node: no buffer larger than ``E x 3r``, about ``4 r F_h`` more multiply-adds per
+edge. On one thread at F=24, r=4 (NIR-GNN's CPU width) the one-pass backward takes about
+0.65x the time of the two passes (measured side by side, ``benchmarks/iteration_profile.py``).
 
 Measured on the paper's layer (141,120 edges, F=99, r=11, float32, 2 threads on the idle
 2-core development machine): forward 65 ms in the kernel (plus about 20 ms to fault in the
@@ -52,6 +55,10 @@ from pyg_lecc.ops.checks import check_edge_aggregate_inputs, check_edge_label_ag
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # Target blocks per thread for the parameter-gradient partials (load balance vs. memory).
 _BLOCKS_PER_THREAD = 4
+ONE_PASS_BUFFER_BYTES = 256 * 2**20
+"""Most bytes of per-thread source-side gradient buffers (beyond the first thread's, which
+are the outputs) that the one-pass backward of :func:`pyg_lecc.ops.edge_aggregate` may
+allocate; larger graphs take the two-pass backward, which needs none."""
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -176,6 +183,72 @@ def _backward_targets(
                 edge_gd[e] = coef
                 for f in range(Fin):
                     gx_dst[i, f] -= coef * (x_src[j, f] - x_dst[i, f])
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _backward_one_pass(
+    GQ, GP, x_src, x_dst, y_src, y_dst, b0, V, c, w, bw, rowptr, col, inv_delta, slope,
+    blocks, gx_dst, gy_dst, gw_part, gbw_part, gb0_part, gx_src, gy_src, gV, gc,
+):  # fmt: skip
+    # The target pass with the source-side gradients added in place of a source pass: block
+    # b accumulates them into its own zeroed buffer gx_src[b], gy_src[b], gV[b], gc[b] (one
+    # block per thread, so the buffers are the outputs themselves on one thread).
+    Fin = x_src.shape[1]
+    r, Fh = V.shape[1], V.shape[2]
+    zero, one = V.dtype.type(0), V.dtype.type(1)  # typed: int literals promote to float64
+    for b in prange(blocks.shape[0] - 1):
+        z = np.empty_like(b0)
+        mask = np.empty_like(b0)
+        g_z = np.empty_like(b0)
+        g_pre = np.empty_like(b0)
+        d = np.empty_like(x_src[0])
+        a = np.empty_like(bw)
+        g_u = np.empty_like(bw)
+        g_om = np.empty_like(bw)
+        for i in range(blocks[b], blocks[b + 1]):
+            gx_dst[i] = zero
+            gy_dst[i] = zero
+            for e in range(rowptr[i], rowptr[i + 1]):
+                j = col[e]
+                dist = zero
+                for f in range(Fin):
+                    d[f] = x_src[j, f] - x_dst[i, f]
+                for f in range(Fin):
+                    dist += d[f] * d[f]
+                gamma = math.exp(-dist * inv_delta)
+                for g in range(Fh):
+                    p = y_src[j, g] - y_dst[i, g] + b0[g]
+                    mask[g] = one if p > zero else slope
+                    z[g] = p * mask[g]
+                g_gamma = _rank_gradients(z, gamma, V[j], c[j], w, bw, GQ[i], GP[i], a, g_u, g_om)
+                _z_gradient(g_z, z, a, GQ[i], g_u, V[j], g_om, w, gw_part[b], gbw_part[b])
+                for g in range(Fh):
+                    g_pre[g] = g_z[g] * mask[g]
+                _subtract_add(gy_dst[i], gy_src[b, j], gb0_part[b], g_pre)
+                for t in range(r):
+                    gc[b, j, t] += g_u[t]
+                    _axpy(gV[b, j, t], g_u[t], z)
+                coef = -(inv_delta + inv_delta) * gamma * g_gamma
+                _axpy(gx_dst[i], -coef, d)
+                _axpy(gx_src[b, j], coef, d)
+
+
+@njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _axpy(out, alpha, v):
+    # out += alpha v (v a private scratch vector or a read-only row: a loop LLVM vectorises).
+    for g in range(v.shape[0]):
+        out[g] += alpha * v[g]
+
+
+@njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _subtract_add(minus, plus, total, v):
+    # minus -= v, plus += v, total += v: one output per loop (see _add_edge_gradient).
+    for g in range(v.shape[0]):
+        minus[g] -= v[g]
+    for g in range(v.shape[0]):
+        plus[g] += v[g]
+    for g in range(v.shape[0]):
+        total[g] += v[g]
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -378,44 +451,69 @@ def edge_aggregate_backward(
     check_edge_aggregate_inputs(
         [x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega], rowptr, col, [grad_Q, grad_P]
     )
-    E, num_dst, r = col.numel(), rowptr.numel() - 1, V.size(1)
     inputs = (x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega)
-    if E == 0:
+    if col.numel() == 0:
         return tuple(torch.zeros_like(t) for t in inputs)
-    # Node rows are zeroed by the kernels (every node is visited by one pass).
-    gx_src, gx_dst, gy_src, gy_dst, gb0, gV, gc, gw, gb_omega = (
-        torch.empty_like(t) for t in inputs
-    )
+    grads = tuple(torch.empty_like(t) for t in inputs)  # node rows zeroed by the kernels
     _set_threads()
-    dtype = V.numpy().dtype
-    scalar = dtype.type
-    arrays = [_np(t) for t in inputs]
-    GQ, GP = _np(grad_Q), _np(grad_P)
-    rowptr_np, col_np = _np(rowptr), _np(col)
-    blocks = _target_blocks(num_dst)
-    num_blocks = blocks.size - 1
-    gw_part = np.zeros((num_blocks, *w_omega.shape), dtype)
-    gbw_part = np.zeros((num_blocks, r), dtype)
-    gb0_part = np.zeros((num_blocks, b0.numel()), dtype)
-    edge_a, edge_gu, edge_gom = (np.empty((E, r), dtype) for _ in range(3))
-    edge_gd = np.empty(E, dtype)
-    inv_delta, slope_ = scalar(1.0 / delta), scalar(slope)
+    arrays = [_np(t) for t in (grad_Q, grad_P, *inputs, rowptr, col)]
+    dtype = arrays[0].dtype
+    scalars = (dtype.type(1.0 / delta), dtype.type(slope))
+    per_source = x_src.size(1) + V.size(2) + V.size(1) * V.size(2) + V.size(1)
+    extra = (numba.get_num_threads() - 1) * x_src.size(0) * per_source * dtype.itemsize
+    backward = _one_pass_backward if extra <= ONE_PASS_BUFFER_BYTES else _two_pass_backward
+    backward(arrays, scalars, [g.numpy() for g in grads])
+    return grads
+
+
+def _parameter_partials(num_blocks: int, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    # Zeroed per-block partials of the gradients of w_omega, b_omega and b0.
+    b0, w, bw = arrays[6], arrays[9], arrays[10]
+    return [np.zeros((num_blocks, *t.shape), t.dtype) for t in (w, bw, b0)]
+
+
+def _one_pass_backward(arrays: list[np.ndarray], scalars: tuple, grads: list[np.ndarray]) -> None:
+    # One block of targets per thread, each with its own source-side buffers (on one
+    # thread: the outputs themselves).
+    gx_src, gx_dst, gy_src, gy_dst, gb0, gV, gc, gw, gbw = grads
+    rowptr = arrays[-2]
+    threads = numba.get_num_threads()
+    blocks = np.linspace(0, rowptr.size - 1, threads + 1).astype(np.int64)
+    if threads == 1:
+        sources = [t[None] for t in (gx_src, gy_src, gV, gc)]
+    else:
+        sources = [np.empty((threads, *t.shape), t.dtype) for t in (gx_src, gy_src, gV, gc)]
+    for t in sources:
+        t.fill(0)
+    partials = _parameter_partials(threads, arrays)
+    _backward_one_pass(*arrays, *scalars, blocks, gx_dst, gy_dst, *partials, *sources)
+    if threads > 1:
+        for out, buffer in zip((gx_src, gy_src, gV, gc), sources, strict=True):
+            buffer.sum(0, out=out)
+    for out, part in zip((gw, gbw, gb0), partials, strict=True):
+        part.sum(0, out=out)
+
+
+def _two_pass_backward(arrays: list[np.ndarray], scalars: tuple, grads: list[np.ndarray]) -> None:
+    # The target pass stores 3r + 1 numbers per edge; the source pass (CSC) reads them back.
+    gx_src, gx_dst, gy_src, gy_dst, gb0, gV, gc, gw, gbw = grads
+    GQ, _, xs, xd, ys, yd, b0, V, _, w, _, rowptr, col = arrays
+    E, r = col.size, V.shape[1]
+    blocks = _target_blocks(rowptr.size - 1)
+    partials = _parameter_partials(blocks.size - 1, arrays)
+    edge_a, edge_gu, edge_gom = (np.empty((E, r), V.dtype) for _ in range(3))
+    edge_gd = np.empty(E, V.dtype)
     _backward_targets(
-        GQ, GP, *arrays, rowptr_np, col_np, inv_delta, slope_, blocks,
-        gx_dst.numpy(), gy_dst.numpy(), gw_part, gbw_part, gb0_part,
+        *arrays, *scalars, blocks, gx_dst, gy_dst, *partials,
         edge_a, edge_gu, edge_gom, edge_gd,
     )  # fmt: skip
-    colptr, edges, dst = _by_source(col_np, x_src.size(0), rowptr_np)
-    xs, xd, ys, yd, b0_np, V_np, _, w_np, _ = arrays
+    colptr, edges, dst = _by_source(col, xs.shape[0], rowptr)
     _backward_sources(
-        GQ, xs, xd, ys, yd, b0_np, V_np, w_np, slope_, colptr, edges, dst,
-        edge_a, edge_gu, edge_gom, edge_gd,
-        gx_src.numpy(), gy_src.numpy(), gV.numpy(), gc.numpy(),
+        GQ, xs, xd, ys, yd, b0, V, w, scalars[1], colptr, edges, dst,
+        edge_a, edge_gu, edge_gom, edge_gd, gx_src, gy_src, gV, gc,
     )  # fmt: skip
-    gw.copy_(torch.from_numpy(gw_part.sum(0)))
-    gb_omega.copy_(torch.from_numpy(gbw_part.sum(0)))
-    gb0.copy_(torch.from_numpy(gb0_part.sum(0)))
-    return gx_src, gx_dst, gy_src, gy_dst, gb0, gV, gc, gw, gb_omega
+    for out, part in zip((gw, gbw, gb0), partials, strict=True):
+        part.sum(0, out=out)
 
 
 def edge_label_aggregate_forward(

@@ -108,7 +108,7 @@ def knn_in_windows(
     """
     # The selection kernel does no bounds checking: a window outside the image or too few
     # candidates would read outside the distance block or leave unset neighbours.
-    check_knn_window(tuple(feats.shape), k, radius, window)
+    check_knn_window(tuple(feats.shape), k, radius, window, tile)
     B, C, H, W = feats.shape
     Sh, Sw = window
     # Detached: the worker threads do not inherit the caller's no_grad mode.

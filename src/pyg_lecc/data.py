@@ -30,7 +30,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from pyg_lecc._atomic import temporary_path
@@ -93,7 +93,11 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     8-bit images are divided by 255, 16-bit images by 65535; floating-point images are passed
     through after checking that they are finite and within ``[0, 1]``. An alpha channel is
     dropped (grey+alpha becomes grey, RGBA becomes RGB). CMYK and YCbCr JPEGs and palette
-    images are converted to RGB by Pillow; TIFFs must be grey (black is zero) or RGB.
+    images are converted to RGB by Pillow; TIFFs must be grey (black is zero) or RGB. An EXIF
+    orientation (phone and camera JPEGs) is applied, as image viewers and Pillow's
+    :func:`~PIL.ImageOps.exif_transpose` do, so the array has the shape the image is shown
+    with. Animations (GIF, APNG, WebP with several frames) are refused rather than read as
+    their first frame; of a multi-picture (MPO) JPEG the primary picture is read.
 
     Args:
         path: Image file.
@@ -104,8 +108,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     Raises:
         ImageReadError: The file is missing or a directory, unreadable, damaged, not an
             image, a 16-bit colour PNG (which Pillow would read at 8 bits: use TIFF), a TIFF
-            in another colour space, has an unsupported dtype or shape, or holds float values
-            outside ``[0, 1]``.
+            in another colour space, an animation, has an unsupported dtype or shape, or
+            holds float values outside ``[0, 1]``.
 
     Example:
         >>> img = read_image("photo.png")  # doctest: +SKIP
@@ -187,7 +191,16 @@ def _decode_pillow(path: Path) -> np.ndarray:
             f"{path} is a 16-bit colour or grey+alpha PNG, which cannot be read exactly: save "
             "it as a 16-bit TIFF (or a 16-bit greyscale PNG without alpha for NIR)"
         )
-    with Image.open(path) as im:  # the first frame of an animation or an MPO JPEG
+    with Image.open(path) as opened:
+        # An MPO JPEG's first picture is its primary one; an animation's first frame is
+        # not "the image", so it is refused.
+        frames = getattr(opened, "n_frames", 1)
+        if frames > 1 and opened.format != "MPO":
+            raise ImageReadError(
+                f"{path} is an animation of {frames} frames, not a single image: save the "
+                "frame to colorize as a PNG"
+            )
+        im = ImageOps.exif_transpose(opened)  # the orientation viewers show
         if im.mode == "P":
             return np.asarray(im.convert(im.palette.mode))
         if im.mode in _PILLOW_CONVERSIONS:

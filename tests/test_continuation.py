@@ -1,10 +1,11 @@
 """Tests of pyg_lecc.continuation (start and finish) on a tiny configuration (CPU only)."""
 
+import dataclasses
 import json
 import shutil
+import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -45,14 +46,20 @@ def _shipped(root: Path, data: Path) -> Path:
     return folder
 
 
+def _data_and_recipe(root: Path) -> tuple[Path, Recipe]:
+    """A tiny data set and a recipe that holds out one of its pairs (the default held-out
+    pairs are VCIP names)."""
+    (root / "holdout.txt").write_text("img1\n")
+    return _make_data(root / "data"), Recipe(holdout_pairs=str(root / "holdout.txt"))
+
+
 @pytest.fixture(scope="module")
 def started(tmp_path_factory):
     """A finished tiny continuation of the shipped weights (weights folder, run)."""
     root = tmp_path_factory.mktemp("continuation")
-    data = _make_data(root / "data")
-    (root / "holdout.txt").write_text("img1\n")
+    data, recipe = _data_and_recipe(root)
     weights = _shipped(root, data)
-    recipe = Recipe(**RECIPE, holdout_pairs=str(root / "holdout.txt"))
+    recipe = dataclasses.replace(recipe, **RECIPE)
     run = root / "runs" / "c1"
     code = start(
         data,
@@ -111,12 +118,14 @@ def test_start_runs_the_trainer_with_its_threads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(continuation.subprocess, "run", run)
     until = NOW + timedelta(minutes=30)
+    data, recipe = _data_and_recipe(tmp_path)
     code = start(
-        tmp_path / "d",
+        data,
         tmp_path / "run",
         until,
         3,
         weights=weights,
+        recipe=recipe,
         margin_s=60,
         iterations_before=40,
         replace_process=False,
@@ -230,26 +239,10 @@ def test_finish_keeps_shipped_weights_that_are_as_good(copies, monkeypatch):
     assert row.endswith("| no |")
 
 
-def test_finish_refuses_a_running_or_foreign_folder(copies, tmp_path):
-    weights, run = copies
+def test_finish_refuses_a_foreign_folder(copies, tmp_path):
+    weights, _ = copies
     with pytest.raises(ValueError, match=r"no continue\.json"):
         finish(tmp_path, weights, weights / "MODEL_CARD.md")
-    # A process whose command line names the run, as the trainer's does.
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run)])
-    try:
-        # Popen returns after the fork: wait for the exec, which gives it its command line.
-        cmdline = Path(f"/proc/{sleeper.pid}/cmdline")
-        for _ in range(200):
-            if str(run).encode() in cmdline.read_bytes():
-                break
-            time.sleep(0.05)
-        record = json.loads((run / "continue.json").read_text())
-        (run / "continue.json").write_text(json.dumps({**record, "pid": sleeper.pid}))
-        with pytest.raises(ValueError, match=f"still runs .*kill -INT {sleeper.pid}"):
-            finish(run, weights, weights / "MODEL_CARD.md")
-    finally:
-        sleeper.kill()
-        sleeper.wait()
 
 
 def test_ledger_rows_go_under_the_heading(tmp_path):
@@ -277,3 +270,166 @@ def test_command_line(copies, tmp_path, capsys):
     argv = ["start", "--data", str(tmp_path), "--out", str(tmp_path / "repo" / "run")]
     assert continuation.main([*argv, "--until", "23:59", "--threads", "1"]) == 2
     assert "inside the git work tree" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# issue 24: liveness, early interrupts, bad input
+# --------------------------------------------------------------------------------------------
+
+
+def _holder(path: Path) -> subprocess.Popen:
+    """A process that holds an exclusive ``flock`` on ``path`` (as a trainer does on its
+    run's lock file) until killed; its command line does not name the run."""
+    code = (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+        "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
+    assert holder.stdout.readline() == b"locked\n"
+    return holder
+
+
+def test_finish_through_a_symlink_sees_the_trainer_by_its_lock(copies, tmp_path):
+    weights, run = copies
+    assert (run / continuation.LOCK_NAME).is_file()  # start made it; the trainer has exited
+    link = tmp_path / "latest"
+    link.symlink_to(run)
+    holder = _holder(run / continuation.LOCK_NAME)
+    try:
+        with pytest.raises(ValueError, match="still runs"):
+            finish(link, weights, weights / "MODEL_CARD.md")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (run / "nir-gnn.json").exists()
+    assert "| 20" not in (weights / "MODEL_CARD.md").read_text()  # no ledger row
+
+
+def test_finish_through_a_symlink_sees_the_trainer_of_an_old_run_folder(copies, tmp_path):
+    # A run folder of an older start: no lock file, only the pid in continue.json, and a
+    # trainer whose command line names the real path.
+    weights, run = copies
+    (run / "trainer.lock").unlink(missing_ok=True)
+    record = json.loads((run / "continue.json").read_text())
+    record.pop("lock", None)
+    link = tmp_path / "latest"
+    link.symlink_to(run)
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; print(1, flush=True); time.sleep(60)",
+         "--out", str(run)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert sleeper.stdout.readline() == b"1\n"  # exec'd: its command line is set
+        (run / "continue.json").write_text(json.dumps({**record, "pid": sleeper.pid}))
+        with pytest.raises(ValueError, match=f"still runs .*kill -INT {sleeper.pid}"):
+            finish(link, weights, weights / "MODEL_CARD.md")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not (run / "nir-gnn.json").exists()
+
+
+def test_start_holds_the_lock_for_the_trainer(tmp_path, monkeypatch):
+    weights = tmp_path / "w.pt"
+    save_weights(model_from_weights(default_weights_path("nir-gnn"))[0], "nir-gnn", weights)
+    data, recipe = _data_and_recipe(tmp_path)
+    seen = {}
+
+    def run(argv, **kwargs):
+        lock = tmp_path / "run" / continuation.LOCK_NAME
+        seen["held"] = continuation._lock_held(lock)
+        seen["passed"] = kwargs.get("pass_fds", ())
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(continuation.subprocess, "run", run)
+    args = dict(weights=weights, recipe=recipe, iterations_before=40, replace_process=False)
+    args["now"] = NOW
+    assert start(data, tmp_path / "run", NOW + timedelta(hours=1), 1, **args) == 0
+    assert seen["held"] and len(seen["passed"]) == 1  # the child inherits the lock
+    assert not continuation._lock_held(tmp_path / "run" / continuation.LOCK_NAME)
+    record = json.loads((tmp_path / "run" / "continue.json").read_text())
+    assert record["lock"] == continuation.LOCK_NAME
+
+
+def test_start_execs_the_trainer_with_sigint_and_the_lock(tmp_path, monkeypatch):
+    # A script's background job (`start ... &`) inherits SIGINT ignored, and an ignored
+    # signal stays ignored through exec: start restores the default before it execs.
+    weights = tmp_path / "w.pt"
+    save_weights(model_from_weights(default_weights_path("nir-gnn"))[0], "nir-gnn", weights)
+    data, recipe = _data_and_recipe(tmp_path)
+    seen = {}
+
+    class ExecError(Exception):
+        pass
+
+    def execve(path, argv, env):
+        seen["sigint"] = signal.getsignal(signal.SIGINT)
+        lock = tmp_path / "run" / continuation.LOCK_NAME
+        seen["held"] = continuation._lock_held(lock)
+        raise ExecError
+
+    monkeypatch.setattr(continuation.os, "dup2", lambda *a: None)  # keep pytest's stdout
+    monkeypatch.setattr(continuation.os, "execve", execve)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(ExecError):
+            start(data, tmp_path / "run", NOW + timedelta(hours=1), 1, weights=weights,
+                  recipe=recipe, iterations_before=40, now=NOW)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == {"sigint": signal.SIG_DFL, "held": True}
+
+
+def test_finish_reports_a_run_without_checkpoint(copies):
+    # A trainer interrupted before its first checkpoint (e.g. while importing).
+    weights, run = copies
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(ValueError, match=r"no checkpoint\.pt: its trainer stopped before"):
+        finish(run, weights, weights / "MODEL_CARD.md")
+
+
+@pytest.mark.parametrize("text", ["{", "[1, 2]", '{"format": "other"}', "\xff\xfe"])
+def test_finish_names_an_invalid_record(copies, text):
+    weights, run = copies
+    (run / "continue.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"continue\.json"):
+        finish(run, weights, weights / "MODEL_CARD.md")
+
+
+def test_finish_names_missing_record_fields(copies):
+    weights, run = copies
+    record = json.loads((run / "continue.json").read_text())
+    del record["previous_metadata"]
+    (run / "continue.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"continue\.json .*previous_metadata"):
+        finish(run, weights, weights / "MODEL_CARD.md")
+    assert not (run / "nir-gnn.safetensors").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unpaired", "holdout"])
+def test_start_refuses_bad_data_before_announcing(case, tmp_path, capsys, monkeypatch):
+    def execve(*args):  # were the data accepted, this process would become the trainer
+        raise AssertionError("start got as far as exec")
+
+    monkeypatch.setattr(continuation.os, "dup2", lambda *a: None)
+    monkeypatch.setattr(continuation.os, "execve", execve)
+    weights = tmp_path / "w.pt"
+    save_weights(model_from_weights(default_weights_path("nir-gnn"))[0], "nir-gnn", weights)
+    data = tmp_path / "data"
+    if case == "empty":
+        data.mkdir()
+    elif case == "unpaired":
+        _make_data(data)
+        (data / "train" / "rgb" / "img1.png").unlink()
+    elif case == "holdout":
+        _make_data(data)  # the default holdout pairs are VCIP names, not img0..img2
+    out = tmp_path / "run"
+    argv = ["start", "--data", str(data), "--out", str(out), "--until", "2999-01-01T00:00"]
+    argv += ["--threads", "1", "--weights", str(weights), "--iterations-before", "40"]
+    argv += ["--margin", "0"]
+    assert continuation.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "training" not in captured.out
+    assert str(data) in captured.err and captured.err.count("\n") == 1
+    assert not out.exists()  # nothing half-made: the same --out works once the data is fixed

@@ -9,7 +9,10 @@ Two steps, run from the command line by ``scripts/train_continue.py``:
   BatchNorm statistics, and selection on the committed held-out training pairs
   (:data:`pyg_lecc.training.DEFAULT_HOLDOUT_PAIRS`). It writes ``continue.json`` (what
   started, from which weights, on which machine) and then becomes the trainer (``exec``), so
-  ``kill -INT <pid>`` reaches it directly: it checkpoints and stops.
+  ``kill -INT <pid>`` reaches it directly: it checkpoints and stops. The trainer holds a lock
+  on ``trainer.lock`` in the run folder (``flock``, taken by ``start`` and kept through the
+  ``exec``) until it ends, however it ends: the operating system releases it with the
+  process. The data set is checked before anything is announced or created.
 - :func:`finish` turns a stopped run into its best weights: the raw and the averaged weights
   of its checkpoint are scored on the held-out pairs and the better one is kept, next to the
   run as ``nir-gnn.safetensors`` (its metadata in the header) and ``nir-gnn.json``. It is
@@ -17,7 +20,9 @@ Two steps, run from the command line by ``scripts/train_continue.py``:
   the shipped weights on the held-out pairs, it replaces them and their metadata, the
   shipped training log gets the run's lines, and the README figure is drawn again. Every
   finish appends a row to the training ledger of the model card, shipped or not: the
-  compute spent is on record either way.
+  compute spent is on record either way. A run whose trainer still holds its lock is
+  refused, whatever path names the folder (a symbolic link, ``..``); a run folder of an older
+  ``start`` without a lock file is checked by the recorded pid instead.
 
 Each start is a new run from the latest weights: its learning-rate schedule starts again with
 a warm-up (warm restarts), which also keeps the runs independent of each other's length. The
@@ -36,11 +41,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,6 +72,7 @@ from pyg_lecc.training.holdout import _holdout_indices
 __all__ = [
     "DEFAULT_MARGIN_S",
     "LEDGER_HEADING",
+    "LOCK_NAME",
     "RECORD_NAME",
     "Recipe",
     "finish",
@@ -78,12 +86,24 @@ RECORD_NAME = "continue.json"
 """What :func:`start` records in the run folder."""
 OUTPUT_LOG_NAME = "train.out"
 """The trainer's standard output and error, in the run folder."""
+LOCK_NAME = "trainer.lock"
+"""The run folder's lock file, locked (``flock``) by the trainer for as long as it lives."""
 LEDGER_HEADING = "## Training ledger"
 """Heading of the model card's section to which :func:`finish` appends its row."""
 DEFAULT_MARGIN_S = 1200.0
 """Seconds kept free before the stop time (the trainer's start, its final validation of 30
 images, and :func:`finish`: about 20 minutes for F=24 on one thread of the 2-core machine)."""
 _RECORD_FORMAT = "pyg_lecc.continuation/1"
+# What finish reads from the record (runs of an older start lack only "lock").
+_RECORD_KEYS = (
+    "pid",
+    "hardware",
+    "threads",
+    "weights_sha256",
+    "iterations_before",
+    "previous_metadata",
+    "command",
+)
 _EVAL_TILE = 256  # as `pyg-lecc evaluate`: the 256x256 VCIP images are run whole
 
 
@@ -177,7 +197,9 @@ def start(
 
     Raises:
         ValueError: ``out`` is inside a git work tree or holds a run, the stop time leaves
-            no time to train, or the weights are not NIR-GNN weights.
+            no time to train, the weights are not NIR-GNN weights, or the data set cannot be
+            paired or lacks the held-out pairs (:class:`~pyg_lecc.data.PairingError`);
+            checked before ``out`` is created.
     """
     recipe = recipe or Recipe()
     now = now or datetime.now().astimezone()
@@ -204,6 +226,7 @@ def start(
                 "'iterations') next to it: give its cumulative iterations (--iterations-before)"
             )
     seed = iterations_before if seed is None else seed
+    _check_data(Path(data), recipe)
     argv = _train_argv(data, out, weights, meta["config"], recipe, budget, threads, seed)
     record = {
         "format": _RECORD_FORMAT,
@@ -219,9 +242,12 @@ def start(
         "iterations_before": iterations_before,
         "previous_metadata": previous,
         "command": shlex.join(["pyg-lecc", *argv[3:]]),
+        "lock": LOCK_NAME,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    lock = _create_run(out, record)
+    if replace_process:
+        # An ignored SIGINT (a script's `start ... &`) would stay ignored through exec.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     print(
         f"training {weights} until {until:%Y-%m-%d %H:%M} ({budget / 60:.0f} min, "
         f"{threads} thread(s)) in {out} as pid {os.getpid()}; output in "
@@ -231,11 +257,57 @@ def start(
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads)}
     with open(out / OUTPUT_LOG_NAME, "ab") as log:
         if not replace_process:
-            return subprocess.run(argv, env=env, stdout=log, stderr=log, check=False).returncode
+            try:
+                done = subprocess.run(
+                    argv, env=env, stdout=log, stderr=log, pass_fds=(lock,), check=False
+                )
+            finally:
+                os.close(lock)
+            return done.returncode
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         os.execve(argv[0], argv, env)  # the trainer takes this pid: SIGINT reaches it
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_data(data: Path, recipe: Recipe) -> None:
+    """Reads what the trainer reads first (the training pairs and the held-out ones), so that
+    a bad ``--data`` fails here with its reason rather than in ``train.out``."""
+    train_set = PairedImageDataset(data, "train", preload=False)
+    if recipe.holdout_pairs is not None:
+        config = TrainConfig(data=data, out=data, holdout_pairs=recipe.holdout_pairs)
+        _holdout_indices(train_set, config)
+
+
+def _create_run(out: Path, record: dict[str, Any]) -> int:
+    """Creates the run folder with its locked lock file and ``record``; returns the lock's
+    file descriptor, inheritable so that the trainer holds the lock until it ends. On error
+    nothing is left behind."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new folder: nobody else holds it
+        os.set_inheritable(lock, True)
+        _write_text(out / RECORD_NAME, json.dumps(record, indent=2) + "\n")
+    except BaseException:
+        os.close(lock)
+        (out / LOCK_NAME).unlink(missing_ok=True)
+        if created:
+            out.rmdir()
+        raise
+    return lock
+
+
+def _lock_held(path: Path) -> bool:
+    """Whether a process holds the ``flock`` of ``path`` (a shared probe: two finishes that
+    look at the same time do not see each other)."""
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False  # closing the file released the probe
 
 
 def _train_argv(
@@ -374,13 +446,19 @@ def finish(
         ValueError: The run folder is not a stopped run of :func:`start`, its trainer still
             runs, or it is finished already.
     """
-    run = Path(run).absolute()
+    run = Path(run).resolve()  # one spelling of the folder, whatever link named it
     record = _read_record(run)
     weights = run / f"{MODEL}.safetensors"
     if weights.with_suffix(".json").exists():
         raise ValueError(
             f"{run} is finished already ({weights.with_suffix('.json').name}); delete it to "
             "finish it again (the ledger would get a second row)"
+        )
+    if not (run / CHECKPOINT_NAME).is_file():
+        raise ValueError(
+            f"{run} has no {CHECKPOINT_NAME}: its trainer stopped before its first checkpoint "
+            f"(interrupted or failed, see {run / OUTPUT_LOG_NAME}), so there is nothing to "
+            "finish; start a new run"
         )
     ckpt = _load_checkpoint(run / CHECKPOINT_NAME)
     config = _run_config(ckpt, run, data)
@@ -429,17 +507,34 @@ def _read_record(run: Path) -> dict[str, Any]:
     path = run / RECORD_NAME
     if not path.is_file():
         raise ValueError(f"{run} is not a run folder of `start`: it has no {RECORD_NAME}")
-    record = json.loads(path.read_text())
-    try:  # Linux: is the trainer of this folder still running?
-        cmdline = Path(f"/proc/{int(record['pid'])}/cmdline").read_bytes()
-    except (OSError, KeyError, ValueError):
-        return record
-    if str(run).encode() in cmdline:
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a valid run record: {err}") from err
+    if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
+        raise ValueError(f"{path} is not a run record of `start` ({_RECORD_FORMAT})")
+    missing = [key for key in _RECORD_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it is not a complete run record")
+    if _trainer_alive(run, record["pid"]):
         raise ValueError(
             f"the trainer of {run} still runs (pid {record['pid']}): stop it with "
             f"kill -INT {record['pid']}, wait until it has exited, then finish"
         )
     return record
+
+
+def _trainer_alive(run: Path, pid: Any) -> bool:
+    """Whether the trainer of ``run`` (resolved) still runs: its lock, else (a run folder of
+    an older start) a live ``pid`` with the folder among its arguments (pids are reused)."""
+    if (run / LOCK_NAME).is_file():
+        return _lock_held(run / LOCK_NAME)
+    try:  # Linux
+        args = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+    except (OSError, TypeError, ValueError):
+        return False
+    paths = (Path(os.fsdecode(arg)) for arg in args)
+    return any(path.is_absolute() and path.resolve() == run for path in paths)
 
 
 def _run_config(ckpt: dict[str, Any], run: Path, data: Path | None) -> TrainConfig:

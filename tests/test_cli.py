@@ -3,6 +3,9 @@
 import gc
 import importlib.util
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +21,7 @@ from pyg_lecc.data import read_nir, read_rgb
 from pyg_lecc.inference import colorize, load_model
 from pyg_lecc.metrics import METRIC_KEYS, evaluate_pair
 from pyg_lecc.models import NIRGNN, save_weights
-from pyg_lecc.training import WEIGHTS_NAME
+from pyg_lecc.training import CHECKPOINT_NAME, WEIGHTS_NAME, loop
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nir_colorize.py"
 NAMES = ("scene_a", "scene_b")
@@ -241,6 +244,63 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
     assert captured.out == ""  # no model loaded, nothing run
     assert f"{blocker} is a file, not a folder" in captured.err
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder nobody may write in: mode 0555 and, for root (whom modes do not stop), the
+    immutable attribute (``chattr +i``) where the file system has it."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if os.access(folder, os.W_OK) and shutil.which("chattr"):  # root
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+        immutable = done.returncode == 0
+    try:
+        probe = folder / "probe"
+        try:
+            probe.touch()
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("this user can write in any folder here (no chattr +i)")
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("sub", ["", "new"])
+@pytest.mark.parametrize("command", ["colorize", "evaluate_save_dir", "evaluate_json"])
+def test_a_read_only_output_folder_is_refused_before_any_work(
+    command, sub, tmp_path, data, cnn_weights, capsys, monkeypatch, read_only
+):
+    monkeypatch.setattr(cli, "colorize", lambda *a, **k: pytest.fail("an image was colorized"))
+    out = read_only / sub
+    weights = ["--weights", str(cnn_weights)]
+    if command == "colorize":
+        a = _nir_file(tmp_path / "a.png", 20, 20)
+        argv = ["colorize", str(a), "-o", str(out), *weights]
+    elif command == "evaluate_save_dir":
+        argv = ["evaluate", "--data", str(data), *weights, "--save-dir", str(out)]
+    else:
+        argv = ["evaluate", "--data", str(data), *weights, "--json", str(out / "v.json")]
+    assert main(argv) == 2
+    assert f"cannot write in the output folder {read_only}" in _error_line(capsys)
+    assert list(read_only.iterdir()) == []
+
+
+def test_colorize_file_refuses_a_read_only_folder_before_any_work(
+    tmp_path, cnn_weights, monkeypatch, read_only
+):
+    monkeypatch.setattr(inference, "colorize", lambda *a, **k: pytest.fail("colorized"))
+    a = _nir_file(tmp_path / "a.png", 20, 20)
+    model, _ = load_model(cnn_weights)
+    with pytest.raises(OSError, match=f"cannot write in the output folder {read_only}"):
+        inference.colorize_file(model, a, read_only / "a.png")
 
 
 @pytest.mark.parametrize("route", ["same_folder", "dotdot", "symlinked_folder", "hard_link"])
@@ -473,6 +533,7 @@ def test_train_builds_config(tmp_path, monkeypatch, capsys):
         "holdout_pairs": None,
         "ema_bias_correction": False,
         "compile": "none",
+        "register": True,
     }
     assert "7 of 7 iterations (time budget reached)" in capsys.readouterr().out
 
@@ -496,6 +557,29 @@ def test_train_tiny_run(tmp_path, data, capsys):
     # An existing run is not silently overwritten.
     assert main(argv) == 2
     _error_line(capsys)
+
+
+def test_train_honours_an_early_sigint_inherited_as_ignored(tmp_path, data, monkeypatch, capsys):
+    # A background job of a script (`pyg-lecc train ... &`) starts with SIGINT ignored; a
+    # kill -INT while the data loads, before training's own handler is in place, stops it.
+    real = loop.PairedImageDataset
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "PairedImageDataset", interrupted)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(run), "--iters", "2", "--batch-size", "2"]
+    argv += ["--patch", "12", "--features", "6", "--rank", "2", "--k", "4"]
+    argv += ["--layers-per-block", "1", "--threads", "1", "--no-progress"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = main(argv)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert not (run / CHECKPOINT_NAME).exists() and not (run / WEIGHTS_NAME).exists()
 
 
 # --------------------------------------------------------------------------------------------

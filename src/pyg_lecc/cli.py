@@ -56,6 +56,7 @@ from pyg_lecc.inference import (
     colorize,
     load_model,
     refuse_inputs_as_outputs,
+    refuse_unwritable_folders,
     resolve_weights,
     sample_pairs,
 )
@@ -69,6 +70,7 @@ from pyg_lecc.training import (
     limit_numba_threads,
     train,
 )
+from pyg_lecc.training.signals import _honour_sigint
 
 __all__ = ["build_parser", "main"]
 
@@ -451,6 +453,7 @@ def _write_json(path: Path, payload: dict[str, Any], overwrite: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    _honour_sigint()  # the trainer's kill -INT works from the start, whatever it inherited
     config = TrainConfig(
         data=args.data,
         out=args.out,
@@ -526,6 +529,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     inputs = [weights, *(p.nir_path for p in pairs), *(p.rgb_path for p in pairs)]
     refuse_inputs_as_outputs(outputs, inputs)
     refuse_existing_outputs(outputs, args.overwrite)
+    refuse_unwritable_folders(outputs)
     model, name = load_model(weights, args.model, device)
 
     print(f"{name} ({weights}) on {len(pairs)} {args.split} images of {args.data}")
@@ -608,6 +612,7 @@ def _cmd_colorize(args: argparse.Namespace) -> int:
     weights = resolve_weights(args.weights, args.model)
     refuse_inputs_as_outputs(outputs, [weights, *inputs, *truth.values()])
     refuse_existing_outputs(outputs, args.overwrite)
+    refuse_unwritable_folders(outputs)
     model, name = load_model(weights, args.model, device)
     print(f"{name} ({weights}) on {device}")
 

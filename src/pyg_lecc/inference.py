@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ __all__ = [
     "colorize_file",
     "load_model",
     "refuse_inputs_as_outputs",
+    "refuse_unwritable_folders",
     "resolve_weights",
     "sample_dir",
     "sample_pairs",
@@ -280,7 +282,8 @@ def colorize_file(
             process creates it while the image is colorized (checked before any work is done,
             and again when the file is created).
         OSError: ``output_path`` cannot be written (see
-            :func:`~pyg_lecc.data.refuse_existing_outputs`, checked before any work is done).
+            :func:`~pyg_lecc.data.refuse_existing_outputs` and
+            :func:`refuse_unwritable_folders`, checked before any work is done).
         ValueError: ``output_path`` is ``input_path`` (also through links), whatever
             ``overwrite`` says (checked before any work is done).
         ImageReadError: ``input_path`` is missing or not a readable NIR image.
@@ -291,6 +294,7 @@ def colorize_file(
     output_path = Path(output_path)
     refuse_inputs_as_outputs([output_path], [Path(input_path)])
     refuse_existing_outputs([output_path], overwrite)
+    refuse_unwritable_folders([output_path])
     rgb = colorize(model, read_nir(input_path), **kwargs)  # type: ignore[arg-type]
     write_rgb_png(output_path, rgb, overwrite=overwrite)
     return rgb
@@ -319,6 +323,30 @@ def refuse_inputs_as_outputs(outputs: Iterable[Path], inputs: Iterable[Path]) ->
                     f"refusing to write {dst}: it is the input file {known[key]} (choose "
                     "another output path)"
                 )
+
+
+def refuse_unwritable_folders(outputs: Iterable[Path]) -> None:
+    """Refuse, before any work, outputs in a folder that cannot be written (permissions, a
+    read-only file system): a nameless file is created and dropped in the nearest existing
+    folder of each output, which is the one an output or its missing folders go into.
+
+    Raises:
+        OSError: A folder cannot be written in (the message names it).
+
+    Example:
+        >>> refuse_unwritable_folders([Path("out/a.png")])  # doctest: +SKIP
+    """
+    probed: set[Path] = set()
+    for path in outputs:
+        folder = next((p for p in Path(path).absolute().parents if p.is_dir()), None)
+        if folder is None or folder in probed:
+            continue
+        probed.add(folder)
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise type(err)(f"cannot write in the output folder {folder} ({err.strerror})") from err
 
 
 def _file_keys(path: Path) -> list[Path | tuple[int, int]]:

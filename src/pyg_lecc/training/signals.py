@@ -53,3 +53,12 @@ class _DeferredSigint:
         if self._installed:
             previous = self._previous if self._previous is not None else signal.SIG_DFL
             signal.signal(signal.SIGINT, previous)
+
+
+def _honour_sigint() -> None:
+    """Makes SIGINT raise :class:`KeyboardInterrupt` in this process (main thread), also when
+    it was inherited as ignored (a background job of a non-interactive shell starts so):
+    a stop request that arrives before training installs :class:`_DeferredSigint` (while
+    the data loads) stops the run instead of being dropped."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)

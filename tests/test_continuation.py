@@ -105,6 +105,10 @@ def test_start_continues_the_weights_until_the_stop_time(started):
     assert ckpt["iteration"] == 6 and ckpt["config"]["ema_bias_correction"] is True
     assert ckpt["config"]["init_from"] == str(weights / "nir-gnn.safetensors")
     assert [e["iteration"] for e in _log(run / "log.jsonl") if e["kind"] == "select"] == [3, 6]
+    # The validation images are left to finish; the selection rule is declared up front.
+    assert command[command.index("--val-split") + 1] == "none"
+    assert not [e for e in _log(run / "log.jsonl") if e["kind"] == "val"]
+    assert record["selection"] == continuation.SELECTION_RULE
 
 
 def test_start_runs_the_trainer_with_its_threads(tmp_path, monkeypatch):
@@ -433,3 +437,47 @@ def test_start_refuses_bad_data_before_announcing(case, tmp_path, capsys, monkey
     assert "training" not in captured.out
     assert str(data) in captured.err and captured.err.count("\n") == 1
     assert not out.exists()  # nothing half-made: the same --out works once the data is fixed
+
+
+def test_selection_score_weighs_a_doubling_of_each_metric_alike():
+    base = {"psnr": 17.0, "ssim": 0.50}
+    more_psnr = {"psnr": 17.0 + continuation.PSNR_PER_DOUBLING, "ssim": 0.50}
+    more_ssim = {"psnr": 17.0, "ssim": 0.50 + continuation.SSIM_PER_DOUBLING}
+    score = continuation.selection_score
+    assert score(more_psnr) - score(base) == pytest.approx(1.0)
+    assert score(more_ssim) - score(base) == pytest.approx(1.0)
+
+
+def _scores_by_candidate(monkeypatch, holdout: dict[str, dict[str, float]]) -> None:
+    # finish scores the raw and EMA candidates in this order, then the shipped weights.
+    order = iter([holdout["raw"], holdout["ema"], holdout["shipped"]])
+    real = continuation._score
+    monkeypatch.setattr(
+        continuation,
+        "_score",
+        lambda model, pairs: next(order, None) or real(model, pairs),
+    )
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_finish_selects_and_ships_by_the_rule_the_run_declared(copies, monkeypatch, declared):
+    weights, run = copies
+    if not declared:  # a run started before selection rules were recorded: PSNR alone
+        record = json.loads((run / "continue.json").read_text())
+        del record["selection"]
+        (run / "continue.json").write_text(json.dumps(record))
+    ssim_wins = {"psnr": 17.00, "ssim": 0.520}  # 0.1 dB less, 0.02 more SSIM than raw
+    holdout = {
+        "raw": {"psnr": 17.10, "ssim": 0.500},
+        "ema": ssim_wins,
+        "shipped": {"psnr": 17.05, "ssim": 0.500},
+    }
+    for name in ("raw", "ema", "shipped"):
+        holdout[name] = {**holdout[name], "ae_deg": 6.0, "ae_img_rad": 0.3}
+    _scores_by_candidate(monkeypatch, holdout)
+    result = finish(run, weights, weights / "MODEL_CARD.md", now=NOW)
+    assert result["selected"] == ("ema" if declared else "raw")
+    assert result["shipped"] is True  # both rules prefer the selected weights to the shipped
+    row = (weights / "MODEL_CARD.md").read_text().splitlines()[-1]
+    expected = "17.00 / 0.520 (EMA)" if declared else "17.10 / 0.500 (raw)"
+    assert f"| {expected} | 17.05 / 0.500 |" in row

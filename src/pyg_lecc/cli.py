@@ -215,9 +215,9 @@ def _add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     p.add_argument(
         "--val-split",
-        choices=("validation", "val", "train"),
+        choices=("validation", "val", "train", "none"),
         default="validation",
-        help="split to validate on (default: validation)",
+        help="split to validate on, or none (default: validation)",
     )
     p.add_argument(
         "--threads", type=_int_at_least(1), default=None, help="CPU threads (default: all cores)"

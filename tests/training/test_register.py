@@ -71,3 +71,26 @@ def test_register_is_on_by_default_and_off_with_no_register():
     assert build_parser().parse_args(args).register is True
     assert build_parser().parse_args([*args, "--no-register"]).register is False
     assert _config(Path("d"), Path("o")).register is True
+
+
+@pytest.mark.parametrize("register", [True, False])
+def test_finish_scores_the_held_out_pairs_as_the_trainer_had_them(
+    misregistered, tmp_path, register
+):
+    from pyg_lecc.continuation import _evaluation_data
+
+    names = tmp_path / "held_out.txt"
+    names.write_text("shifted\n")
+    config = _config(misregistered, tmp_path / "run", holdout_pairs=str(names), register=register)
+    held_out, validation, kept = _evaluation_data(config)
+    _, selection = _split_holdout(PairedImageDataset(misregistered, register=register), config)
+    assert [name for name, *_ in held_out] == [name for name, *_ in selection] == ["shifted"]
+    np.testing.assert_array_equal(held_out[0][1], selection[0][1][0, 0].numpy())
+    np.testing.assert_array_equal(held_out[0][2], selection[0][2])
+    stored = load_pair(find_pairs(misregistered)[1])
+    assert (held_out[0][1].shape != stored[0].shape) is register
+    # The validation pairs are as stored either way.
+    np.testing.assert_array_equal(
+        validation[0][1], load_pair(find_pairs(misregistered, "validation")[0])[0]
+    )
+    assert [p.name for p in kept.pairs] == ["flat"]

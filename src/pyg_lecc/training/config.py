@@ -110,7 +110,9 @@ class TrainConfig:
         ckpt_every: Write a checkpoint and a ``"train"`` log line every this many iterations
             (and at the end).
         val_split: Split of ``data`` to validate on (``"validation"``, ``"val"`` or
-            ``"train"``). If it does not exist, validation is skipped with a warning.
+            ``"train"``), or ``"none"``: no split is scored during training (the held-out
+            pairs still are), as in continuations, whose ``finish`` scores the validation
+            images once. If the split does not exist, validation is skipped with a warning.
         threads: ``torch.set_num_threads(threads)`` for the process; ``None`` uses every
             core the process may run on.
         progress: Show a progress bar (rank 0 only).
@@ -259,9 +261,9 @@ class TrainConfig:
                 f"lr_end ({self.lr_end:g}) must not exceed lr ({self.lr:g}): the schedule "
                 "decays the learning rate"
             )
-        if self.val_split not in ("validation", "val", "train"):
+        if self.val_split not in ("validation", "val", "train", "none"):
             raise ValueError(
-                f"val_split must be 'validation', 'val' or 'train', got {self.val_split!r}"
+                f"val_split must be 'validation', 'val', 'train' or 'none', got {self.val_split!r}"
             )
         if self.warmup >= self.iters:
             raise ValueError(f"warmup ({self.warmup}) must be below iters ({self.iters})")

@@ -17,6 +17,8 @@ _EvalData = list[tuple[str, Tensor, np.ndarray]]
 
 
 def _load_validation(config: TrainConfig) -> _EvalData | None:
+    if config.val_split == "none":
+        return None
     try:
         pairs = find_pairs(config.data, config.val_split)
     except PairingError as err:

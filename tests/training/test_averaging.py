@@ -34,7 +34,9 @@ def test_ema_weights_are_the_moving_average_of_the_trained_ones(data, tmp_path, 
         torch.testing.assert_close(exported[key].double(), expected, rtol=1e-5, atol=1e-6, msg=key)
     # BatchNorm statistics recomputed for the averaged weights on the fixed batches.
     config = _config(data, out, model="nir-gnn", iters=4, ema=decay)
-    batches = averaging._bn_batches(PairedImageDataset(data, "train"), config)
+    # The trainer's own training set: registered as configured.
+    train_set = PairedImageDataset(data, "train", register=config.register)
+    batches = averaging._bn_batches(train_set, config)
     assert len(batches) == config.bn_batches
     update_bn(batches, model)
     stats = [k for k in exported if k.endswith(("running_mean", "running_var"))]

@@ -20,13 +20,13 @@ its own nodes and adds the source-side ones (``x_src``, ``y_src``, ``V``, ``c``)
 buffer of its own, which on one thread is the output itself; the buffers of several threads
 are summed afterwards, and so are the per-block partials of the parameter gradients. Those
 buffers cost ``(threads - 1) x N_src x (F_in + F_h + r F_h + r)`` numbers; where that exceeds
-:data:`ONE_PASS_BUFFER_BYTES`, the backward takes two passes instead. The target pass then
+:data:`ONE_PASS_BUFFER_BYTES`, the backward takes two passes instead: the same target pass
 stores ``3r + 1`` numbers per edge (``a``, ``g_u``, ``g_omega`` and the scalar factor of
 ``g_d``) and a source pass (CSC, a counting sort of ``col``) walks each source's outgoing
 edges, recomputes ``z`` and ``g_z`` from those numbers and writes the source-side gradients
 of its own node: no buffer larger than ``E x 3r``, about ``4 r F_h`` more multiply-adds per
 edge. On one thread at F=24, r=4 (NIR-GNN's CPU width) the one-pass backward takes about
-0.65x the time of the two passes (measured side by side, ``benchmarks/iteration_profile.py``).
+0.65x the time of the two passes (``python -m benchmarks.profile``).
 
 Measured on the paper's layer (141,120 edges, F=99, r=11, float32, 2 threads on the idle
 2-core development machine): forward 65 ms in the kernel (plus about 20 ms to fault in the
@@ -142,60 +142,37 @@ def _add_edge_gradient(g_z, a, q_row, g_u, v_row, g_omega, w_row):
         g_z[g] += g_omega * w_row[g]
 
 
+@njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _edge_inputs(xs_j, xd_i, ys_j, yd_i, b0, inv_delta, slope, d, z, mask):
+    # One edge's label d = x_j - x_i, hidden vector z = LeakyReLU(y_j - y_i + b0) and its
+    # slope per entry (mask), into scratch vectors; returns the attention gamma.
+    zero, one = z.dtype.type(0), z.dtype.type(1)
+    for f in range(d.shape[0]):
+        d[f] = xs_j[f] - xd_i[f]
+    dist = zero
+    for f in range(d.shape[0]):
+        dist += d[f] * d[f]
+    for g in range(z.shape[0]):
+        p = ys_j[g] - yd_i[g] + b0[g]
+        mask[g] = one if p > zero else slope
+        z[g] = p * mask[g]
+    return math.exp(-dist * inv_delta)
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _backward_targets(
     GQ, GP, x_src, x_dst, y_src, y_dst, b0, V, c, w, bw, rowptr, col, inv_delta, slope,
-    blocks, gx_dst, gy_dst, gw_part, gbw_part, gb0_part, edge_a, edge_gu, edge_gom, edge_gd,
+    blocks, gx_dst, gy_dst, gw_part, gbw_part, gb0_part,
+    edge_a, edge_gu, edge_gom, edge_gd, gx_src, gy_src, gV, gc,
 ):  # fmt: skip
-    Fin = x_src.shape[1]
-    r, Fh = V.shape[1], V.shape[2]
+    # Walks every target's edges (CSR), recomputing each edge, and writes the target-side
+    # gradients of its own nodes. The source side, either way: with per-edge arrays
+    # (two passes), a, g_u, g_omega and the factor of g_d go there for _backward_sources;
+    # without (empty arrays, one pass), block b adds the source-side gradients into its own
+    # zeroed buffers gx_src[b], gy_src[b], gV[b], gc[b] (one block per thread).
+    r = V.shape[1]
     zero, one = V.dtype.type(0), V.dtype.type(1)  # typed: int literals promote to float64
-    for b in prange(blocks.shape[0] - 1):
-        z = np.empty_like(b0)
-        mask = np.empty_like(b0)
-        g_z = np.empty_like(b0)
-        a = np.empty_like(bw)
-        g_u = np.empty_like(bw)
-        g_om = np.empty_like(bw)
-        for i in range(blocks[b], blocks[b + 1]):
-            gx_dst[i] = zero
-            gy_dst[i] = zero
-            for e in range(rowptr[i], rowptr[i + 1]):
-                j = col[e]
-                dist = zero
-                for f in range(Fin):
-                    t = x_src[j, f] - x_dst[i, f]
-                    dist += t * t
-                gamma = math.exp(-dist * inv_delta)
-                for g in range(Fh):
-                    p = y_src[j, g] - y_dst[i, g] + b0[g]
-                    mask[g] = one if p > zero else slope
-                    z[g] = p * mask[g]
-                g_gamma = _rank_gradients(z, gamma, V[j], c[j], w, bw, GQ[i], GP[i], a, g_u, g_om)
-                for t in range(r):
-                    edge_a[e, t], edge_gu[e, t], edge_gom[e, t] = a[t], g_u[t], g_om[t]
-                _z_gradient(g_z, z, a, GQ[i], g_u, V[j], g_om, w, gw_part[b], gbw_part[b])
-                for g in range(Fh):
-                    g_pre = g_z[g] * mask[g]
-                    gy_dst[i, g] -= g_pre
-                    gb0_part[b, g] += g_pre
-                coef = -(inv_delta + inv_delta) * gamma * g_gamma
-                edge_gd[e] = coef
-                for f in range(Fin):
-                    gx_dst[i, f] -= coef * (x_src[j, f] - x_dst[i, f])
-
-
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _backward_one_pass(
-    GQ, GP, x_src, x_dst, y_src, y_dst, b0, V, c, w, bw, rowptr, col, inv_delta, slope,
-    blocks, gx_dst, gy_dst, gw_part, gbw_part, gb0_part, gx_src, gy_src, gV, gc,
-):  # fmt: skip
-    # The target pass with the source-side gradients added in place of a source pass: block
-    # b accumulates them into its own zeroed buffer gx_src[b], gy_src[b], gV[b], gc[b] (one
-    # block per thread, so the buffers are the outputs themselves on one thread).
-    Fin = x_src.shape[1]
-    r, Fh = V.shape[1], V.shape[2]
-    zero, one = V.dtype.type(0), V.dtype.type(1)  # typed: int literals promote to float64
+    two_pass = edge_gd.shape[0] > 0
     for b in prange(blocks.shape[0] - 1):
         z = np.empty_like(b0)
         mask = np.empty_like(b0)
@@ -210,27 +187,27 @@ def _backward_one_pass(
             gy_dst[i] = zero
             for e in range(rowptr[i], rowptr[i + 1]):
                 j = col[e]
-                dist = zero
-                for f in range(Fin):
-                    d[f] = x_src[j, f] - x_dst[i, f]
-                for f in range(Fin):
-                    dist += d[f] * d[f]
-                gamma = math.exp(-dist * inv_delta)
-                for g in range(Fh):
-                    p = y_src[j, g] - y_dst[i, g] + b0[g]
-                    mask[g] = one if p > zero else slope
-                    z[g] = p * mask[g]
+                gamma = _edge_inputs(
+                    x_src[j], x_dst[i], y_src[j], y_dst[i], b0, inv_delta, slope, d, z, mask
+                )
                 g_gamma = _rank_gradients(z, gamma, V[j], c[j], w, bw, GQ[i], GP[i], a, g_u, g_om)
                 _z_gradient(g_z, z, a, GQ[i], g_u, V[j], g_om, w, gw_part[b], gbw_part[b])
-                for g in range(Fh):
+                for g in range(g_pre.shape[0]):
                     g_pre[g] = g_z[g] * mask[g]
-                _subtract_add(gy_dst[i], gy_src[b, j], gb0_part[b], g_pre)
-                for t in range(r):
-                    gc[b, j, t] += g_u[t]
-                    _axpy(gV[b, j, t], g_u[t], z)
+                _axpy(gy_dst[i], -one, g_pre)
+                _axpy(gb0_part[b], one, g_pre)
                 coef = -(inv_delta + inv_delta) * gamma * g_gamma
                 _axpy(gx_dst[i], -coef, d)
-                _axpy(gx_src[b, j], coef, d)
+                if two_pass:
+                    for t in range(r):
+                        edge_a[e, t], edge_gu[e, t], edge_gom[e, t] = a[t], g_u[t], g_om[t]
+                    edge_gd[e] = coef
+                else:
+                    _axpy(gy_src[b, j], one, g_pre)
+                    for t in range(r):
+                        gc[b, j, t] += g_u[t]
+                        _axpy(gV[b, j, t], g_u[t], z)
+                    _axpy(gx_src[b, j], coef, d)
 
 
 @njit(inline="always", cache=True, fastmath=_FASTMATH)
@@ -238,17 +215,6 @@ def _axpy(out, alpha, v):
     # out += alpha v (v a private scratch vector or a read-only row: a loop LLVM vectorises).
     for g in range(v.shape[0]):
         out[g] += alpha * v[g]
-
-
-@njit(inline="always", cache=True, fastmath=_FASTMATH)
-def _subtract_add(minus, plus, total, v):
-    # minus -= v, plus += v, total += v: one output per loop (see _add_edge_gradient).
-    for g in range(v.shape[0]):
-        minus[g] -= v[g]
-    for g in range(v.shape[0]):
-        plus[g] += v[g]
-    for g in range(v.shape[0]):
-        total[g] += v[g]
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -486,7 +452,9 @@ def _one_pass_backward(arrays: list[np.ndarray], scalars: tuple, grads: list[np.
     for t in sources:
         t.fill(0)
     partials = _parameter_partials(threads, arrays)
-    _backward_one_pass(*arrays, *scalars, blocks, gx_dst, gy_dst, *partials, *sources)
+    r = gc.shape[1]
+    no_edges = [np.empty((0, *shape), gc.dtype) for shape in ((r,), (r,), (r,), ())]
+    _backward_targets(*arrays, *scalars, blocks, gx_dst, gy_dst, *partials, *no_edges, *sources)
     if threads > 1:
         for out, buffer in zip((gx_src, gy_src, gV, gc), sources, strict=True):
             buffer.sum(0, out=out)
@@ -503,9 +471,10 @@ def _two_pass_backward(arrays: list[np.ndarray], scalars: tuple, grads: list[np.
     partials = _parameter_partials(blocks.size - 1, arrays)
     edge_a, edge_gu, edge_gom = (np.empty((E, r), V.dtype) for _ in range(3))
     edge_gd = np.empty(E, V.dtype)
+    no_sources = [np.empty((0, *t.shape), t.dtype) for t in (gx_src, gy_src, gV, gc)]
     _backward_targets(
         *arrays, *scalars, blocks, gx_dst, gy_dst, *partials,
-        edge_a, edge_gu, edge_gom, edge_gd,
+        edge_a, edge_gu, edge_gom, edge_gd, *no_sources,
     )  # fmt: skip
     colptr, edges, dst = _by_source(col, xs.shape[0], rowptr)
     _backward_sources(

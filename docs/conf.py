@@ -78,6 +78,9 @@ from pyg_lecc.training import TrainConfig, lr_at
 from pyg_lecc.molecules import random_split, smiles_to_graph
 from pyg_lecc.mpnn import MPNN
 from pyg_lecc.ops import edge_label_aggregate
+from pyg_lecc.registration import *
+from pyg_lecc.continuation import selection_score
+from scipy import ndimage
 torch.manual_seed(0)
 np.random.seed(0)
 """

@@ -137,6 +137,20 @@ def test_single_tile_equals_model(gnn):
     np.testing.assert_allclose(out, direct.clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-6)
 
 
+def test_flip_ensemble_averages_the_mirrored_prediction(gnn):
+    # One tile (the tiles of a mirrored image would be cut elsewhere).
+    nir = smooth_nir(20, 26)
+    kwargs = dict(tile=16, context=8, search_window=7)
+    plain = colorize(gnn, nir, **kwargs)
+    mirrored = colorize(gnn, np.ascontiguousarray(nir[:, ::-1]), **kwargs)[:, ::-1]
+    both = colorize(gnn, nir, ensemble="flip", **kwargs)
+    # Per pixel, the average of the two (before clamping: equal wherever neither clamps).
+    inside = (plain > 0) & (plain < 1) & (mirrored > 0) & (mirrored < 1)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(both[inside], ((plain + mirrored) / 2)[inside], atol=1e-5)
+    assert not np.allclose(plain, mirrored, atol=1e-3)  # the model is not symmetric itself
+
+
 def test_odd_non_square_tiles_have_full_size(gnn):
     spy = ForwardSpy(gnn)
     out = colorize(spy, smooth_nir(37, 53), tile=16, context=4, search_window=9)
@@ -193,6 +207,7 @@ def test_tensor_input_matches_numpy(cnn):
         (np.zeros((8, 8), np.float32), {"search_window": 0}, "search_window"),
         (np.zeros((5, 30), np.float32), {}, "too small: height x width 5x30"),
         (np.zeros((30, 30), np.float32), {"tile": 2, "context": 2}, "too small"),
+        (np.zeros((30, 30), np.float32), {"ensemble": "rotate"}, "'ensemble' must be one of"),
     ],
 )
 def test_invalid_arguments(cnn, nir, kwargs, match):

@@ -141,6 +141,13 @@ def _add_tiling(parser: argparse.ArgumentParser, tile: int) -> None:
         default=DEFAULT_SEARCH_WINDOW,
         help=f"side of the kNN search window, 0 for whole tiles (default: {DEFAULT_SEARCH_WINDOW})",
     )
+    parser.add_argument(
+        "--ensemble",
+        choices=("none", "flip"),
+        default="none",
+        help="test-time ensemble: flip also runs each tile mirrored left to right and averages "
+        "(twice the time; default: none)",
+    )
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
@@ -425,6 +432,7 @@ def _colorize_with_args(
         context=args.context,
         search_window=_search_window(args.search_window),
         device=device,
+        ensemble=None if args.ensemble == "none" else args.ensemble,
     )
 
 
@@ -574,6 +582,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             "tile": args.tile,
             "context": args.context,
             "search_window": _search_window(args.search_window),
+            "ensemble": args.ensemble,
             "per_image": per_image,
         }
         _write_json(args.json, payload, args.overwrite)

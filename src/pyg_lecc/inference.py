@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_CONTEXT",
     "DEFAULT_SEARCH_WINDOW",
     "DEFAULT_TILE",
+    "ENSEMBLES",
     "MIN_SIDE",
     "colorize",
     "colorize_file",
@@ -64,6 +65,8 @@ DEFAULT_SEARCH_WINDOW = 49
 """Side of the kNN search window at test time (reference implementation)."""
 MIN_SIDE = 8
 """Smallest image (and tile window) side :func:`colorize` accepts."""
+ENSEMBLES: tuple[str | None, ...] = (None, "flip")
+"""Test-time ensembles of :func:`colorize`: none (the default) or ``"flip"``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +158,14 @@ def _as_nir_tensor(nir: np.ndarray | Tensor) -> Tensor:
     return img.contiguous()
 
 
+def _predict(model: nn.Module, x: Tensor, ensemble: str | None) -> Tensor:
+    # One tile's prediction; "flip" averages it with that of the mirrored tile, mirrored back.
+    pred = model(x)
+    if ensemble == "flip":
+        pred = (pred + model(x.flip(-1)).flip(-1)) / 2
+    return pred
+
+
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"'{name}' must be an integer >= {minimum}, got {value!r}")
@@ -168,6 +179,7 @@ def colorize(
     context: int = DEFAULT_CONTEXT,
     search_window: int | None = DEFAULT_SEARCH_WINDOW,
     device: str | torch.device = "cpu",
+    ensemble: str | None = None,
 ) -> np.ndarray:
     """Colorize a NIR image of any size, tile by tile.
 
@@ -193,6 +205,9 @@ def colorize(
         context: Pixels of context on each side of a tile.
         search_window: Side of the kNN search window; ``None`` searches the whole tile.
         device: Device to run the model on.
+        ensemble: :obj:`None`, or ``"flip"``: every tile is also run mirrored left to right
+            and the two predictions (the mirrored one mirrored back) are averaged, at twice
+            the time (a test-time ensemble; off by default, see :data:`ENSEMBLES`).
 
     Returns:
         The RGB image, ``float32`` array ``(H, W, 3)`` clamped to ``[0, 1]``.
@@ -200,7 +215,7 @@ def colorize(
     Raises:
         ValueError: ``nir`` is not a finite float ``(H, W)`` image in ``[0, 1]`` of at least
             :data:`MIN_SIDE` pixels per side, or ``tile``, ``context`` or ``search_window``
-            is out of range.
+            is out of range, or ``ensemble`` is not one of :data:`ENSEMBLES`.
 
     Example:
         >>> from pyg_lecc.models import nir_gnn
@@ -211,6 +226,8 @@ def colorize(
     """
     _check_int("tile", tile, 1)
     _check_int("context", context, 0)
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"'ensemble' must be one of {ENSEMBLES}, got {ensemble!r}")
     if search_window is not None:
         _check_int("search_window", search_window, 1)
     img = _as_nir_tensor(nir)
@@ -245,7 +262,7 @@ def colorize(
                     wx = _axis_weights(cx, W, half)
                     window = (slice(ry.win_start, ry.win_end), slice(cx.win_start, cx.win_end))
                     x = img[window][None, None].to(device)
-                    pred = model(x)[0].float().cpu()
+                    pred = _predict(model, x, ensemble)[0].float().cpu()
                     weight = wy[:, None] * wx[None, :]
                     out[window] += pred.permute(1, 2, 0) * weight[..., None]
                     total[window] += weight

@@ -38,16 +38,6 @@ _TILE = 16
 
 
 @njit(nogil=True, cache=True)
-def _any_below(row, bound):
-    # Whether any entry is below the bound; an integer OR over the comparisons vectorises
-    # (no early exit, no floating-point reassociation; NaN compares false, as in the scan).
-    found = 0
-    for c in range(row.shape[0]):
-        found |= row[c] < bound
-    return found != 0
-
-
-@njit(nogil=True, cache=True)
 def _select_in_windows(dist, k, radius, qy0, qx0, ry0, rx0, height, width, sh, sw, out):
     # dist: (region rows, queries, region columns); out: (ny, nx, k), the tile's queries.
     ny, nx = out.shape[0], out.shape[1]
@@ -65,8 +55,6 @@ def _select_in_windows(dist, k, radius, qy0, qx0, ry0, rx0, height, width, sh, s
                 wx = min(max(x - sw // 2, 0), width - sw)
                 row = dist[yy - ry0, i * nx + j, wx - rx0 : wx - rx0 + sw]
                 bound = best[j, k - 1]
-                if not _any_below(row, bound):
-                    continue  # most rows once the list has filled: one vectorised pass
                 for c in range(sw):
                     d = row[c]
                     # Candidates come in increasing node index and only a strictly smaller

@@ -225,20 +225,24 @@ def test_colorize_on_a_full_disk_reports_one_error(tmp_path, cnn_weights, capsys
     assert list(out.iterdir()) == []
 
 
+def _writing_argv(command: str, tmp_path: Path, data: Path, weights: Path, out: Path) -> list:
+    """A colorize or evaluate command line that writes into the folder ``out``."""
+    weights_args = ["--weights", str(weights)]
+    if command == "colorize":
+        a = _nir_file(tmp_path / "a.png", 20, 20)
+        return ["colorize", str(a), "-o", str(out), *weights_args]
+    if command == "evaluate_save_dir":
+        return ["evaluate", "--data", str(data), *weights_args, "--save-dir", str(out)]
+    return ["evaluate", "--data", str(data), *weights_args, "--json", str(out / "v.json")]
+
+
 @pytest.mark.parametrize("command", ["colorize", "evaluate_save_dir", "evaluate_json"])
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
     command, tmp_path, data, cnn_weights, capsys
 ):
     blocker = tmp_path / "results"
     blocker.write_text("not a folder")
-    weights = ["--weights", str(cnn_weights)]
-    if command == "colorize":
-        a = _nir_file(tmp_path / "a.png", 20, 20)
-        argv = ["colorize", str(a), "-o", str(blocker), *weights]
-    elif command == "evaluate_save_dir":
-        argv = ["evaluate", "--data", str(data), *weights, "--save-dir", str(blocker)]
-    else:
-        argv = ["evaluate", "--data", str(data), *weights, "--json", str(blocker / "v.json")]
+    argv = _writing_argv(command, tmp_path, data, cnn_weights, blocker)
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""  # no model loaded, nothing run
@@ -280,14 +284,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(
 ):
     monkeypatch.setattr(cli, "colorize", lambda *a, **k: pytest.fail("an image was colorized"))
     out = read_only / sub
-    weights = ["--weights", str(cnn_weights)]
-    if command == "colorize":
-        a = _nir_file(tmp_path / "a.png", 20, 20)
-        argv = ["colorize", str(a), "-o", str(out), *weights]
-    elif command == "evaluate_save_dir":
-        argv = ["evaluate", "--data", str(data), *weights, "--save-dir", str(out)]
-    else:
-        argv = ["evaluate", "--data", str(data), *weights, "--json", str(out / "v.json")]
+    argv = _writing_argv(command, tmp_path, data, cnn_weights, out)
     assert main(argv) == 2
     assert f"cannot write in the output folder {read_only}" in _error_line(capsys)
     assert list(read_only.iterdir()) == []

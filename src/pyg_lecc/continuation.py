@@ -72,6 +72,7 @@ from pyg_lecc.models import NIRGNN, load_weights, model_from_weights, nir_gnn, s
 from pyg_lecc.training import CHECKPOINT_NAME, LOG_NAME, TrainConfig, limit_numba_threads
 from pyg_lecc.training.averaging import _bn_batches
 from pyg_lecc.training.checkpoint import _load_checkpoint
+from pyg_lecc.training.config import LEGACY_VALUES
 from pyg_lecc.training.holdout import _holdout_indices
 
 __all__ = [
@@ -557,6 +558,8 @@ def _run_config(ckpt: dict[str, Any], run: Path, data: Path | None) -> TrainConf
     stored = ckpt["config"]
     names = set(TrainConfig.__dataclass_fields__) - {"data", "out", "init_from", "resume"}
     settings = {name: stored[name] for name in names if name in stored}
+    # Options newer than the run's trainer: the value it trained with (e.g. unregistered pairs).
+    settings |= {name: value for name, value in LEGACY_VALUES.items() if name not in stored}
     settings.update(device="cpu", threads=None)
     return TrainConfig(data=data or Path(stored["data"]), out=run, **settings)
 

@@ -94,3 +94,13 @@ def test_finish_scores_the_held_out_pairs_as_the_trainer_had_them(
         validation[0][1], load_pair(find_pairs(misregistered, "validation")[0])[0]
     )
     assert [p.name for p in kept.pairs] == ["flat"]
+
+
+def test_finish_reads_a_run_from_before_register_as_unregistered(data, tmp_path):
+    from pyg_lecc.continuation import _run_config
+
+    config = _config(data, tmp_path / "run", model="nir-gnn", iters=1)
+    stored = {k: v for k, v in vars(config).items() if k != "register"}
+    assert _run_config({"config": stored}, tmp_path / "run", None).register is False
+    stored["register"] = True
+    assert _run_config({"config": stored}, tmp_path / "run", None).register is True

@@ -30,7 +30,8 @@ edge. On one thread at F=24, r=4 (NIR-GNN's CPU width) the one-pass backward tak
 
 Measured on the paper's layer (141,120 edges, F=99, r=11, float32, 2 threads on the idle
 2-core development machine): forward 65 ms in the kernel (plus about 20 ms to fault in the
-77 MB of a fresh ``Q``), backward 130 ms (target pass) + 115-123 ms (source pass). Each
+77 MB of a fresh ``Q``), two-pass backward 130 ms (target pass) + 115-123 ms (source
+pass; measured before the one-pass backward, not re-measured at this size). Each
 multiply-add loop over ``F_h`` touches one output array: fused into one loop with several
 outputs, LLVM could not rule out overlaps and left the target pass scalar (260 ms). The
 whole ``LightweightECC(99, 99, rank=11, circulant_stride=33)`` forward+backward takes about

@@ -9,7 +9,7 @@ environment, e.g.::
     python -m benchmarks.chemprop_baseline --chemprop ../venv-chemprop/bin/chemprop
 
 For every split and seed this writes the train / validation / test molecules as CSV files
-(SMILES and target, from :func:`pyg_lecc.molecules.load_molecules`), runs ``chemprop train``
+(SMILES and target, from :func:`pyg_lecc.chem.molecules.load_molecules`), runs ``chemprop train``
 on the three files with its default model and schedule, the same number of epochs as the
 MPNN runs and the seed as ``--pytorch-seed``, and computes the test RMSE from chemprop's
 ``test_predictions.csv`` (its model of best validation loss). Results go to
@@ -35,7 +35,7 @@ import torch
 
 from benchmarks import molecules
 from benchmarks.common import collect_metadata, log, write_json
-from pyg_lecc.molecules import SPLITS, load_split
+from pyg_lecc.chem.molecules import SPLITS, load_split
 
 
 def write_split_csvs(sets: Sequence[Sequence[Any]], folder: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Full-image colorization: time and peak memory of :func:`pyg_lecc.inference.colorize`
+"""Full-image colorization: time and peak memory of :func:`pyg_lecc.nir.inference.colorize`
 (tiles of 147 pixels plus 24 of context, 49x49 kNN search window) for NIR-GNN and the CNN
 baseline against image size: centre crops of 128, 256 and 512 pixels of a full-resolution
 image and whole 1024 x ~680 images of ``epfl_country_fullres`` (quick mode: synthetic 64x64
@@ -6,7 +6,7 @@ and 96x96 images).
 
 Models: the weights shipped with the package (``get_model(name, weights="default")``) when
 they exist; otherwise a random initialisation of the configuration in the shipped model card
-(``pyg_lecc/weights/<name>.json``) if there is one; otherwise ``nir_gnn(features=24,
+(``pyg_lecc/nir/weights/<name>.json``) if there is one; otherwise ``nir_gnn(features=24,
 rank=4)`` and the CNN matched to it in parameters. Random weights time the same as trained
 ones (nothing here depends on the values except the kNN graphs' neighbour choice).
 
@@ -41,8 +41,8 @@ from benchmarks.common import (
     status_text,
     time_once_with_rss,
 )
-from pyg_lecc.models import NIRGNN, cnn_baseline, default_weights_path, get_model, nir_gnn
-from pyg_lecc.models import num_parameters as count_parameters
+from pyg_lecc.nir.models import NIRGNN, cnn_baseline, default_weights_path, get_model, nir_gnn
+from pyg_lecc.nir.models import num_parameters as count_parameters
 
 MODELS: tuple[str, ...] = ("nir-gnn", "cnn")
 
@@ -85,7 +85,7 @@ def resolve_model(name: str, cfg: Config) -> tuple[nn.Module, str]:
     why = "no shipped weights or model card" if cfg.weights == "default" else "weights=random"
     if cfg.weights == "default" and card_path.is_file():
         try:
-            from pyg_lecc.models import model_card
+            from pyg_lecc.nir.models import model_card
 
             card = model_card(name)
         except (OSError, ValueError) as err:
@@ -116,7 +116,7 @@ def resolve_model(name: str, cfg: Config) -> tuple[nn.Module, str]:
 
 def _inputs(cfg: Config) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
     """(label, NIR image) pairs, smallest first, and notes on what was missing."""
-    from pyg_lecc.data import read_nir
+    from pyg_lecc.nir.data import read_nir
 
     images: list[tuple[str, np.ndarray]] = []
     notes: list[str] = []
@@ -162,7 +162,7 @@ def _measure_model(
     cfg: Config,
     device: torch.device,
 ) -> list[dict[str, Any]]:
-    from pyg_lecc.inference import colorize
+    from pyg_lecc.nir.inference import colorize
 
     kwargs: dict[str, Any] = dict(
         tile=cfg.tile, context=cfg.context, search_window=cfg.search_window, device=device

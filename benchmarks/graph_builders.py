@@ -38,7 +38,7 @@ from benchmarks.common import (
     time_function,
 )
 from pyg_lecc import image_knn_graph
-from pyg_lecc._optional import WITH_NUMBA, WITH_TORCH_CLUSTER
+from pyg_lecc.typing import WITH_NUMBA, WITH_TORCH_CLUSTER
 
 BACKENDS: tuple[str, ...] = ("torch", "numba", "torch_cluster")
 

@@ -42,7 +42,7 @@ from benchmarks.common import (
     summarize_times,
     synchronize,
 )
-from pyg_lecc.models import cnn_baseline, nir_gnn, num_parameters
+from pyg_lecc.nir.models import cnn_baseline, nir_gnn, num_parameters
 from pyg_lecc.ops import backend_for, use_reference
 
 VARIANTS: tuple[str, ...] = ("kernel", "reference", "cnn")

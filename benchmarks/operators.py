@@ -58,7 +58,7 @@ from benchmarks.common import (
     time_function,
 )
 from pyg_lecc import LightweightECC, image_knn_graph, image_to_nodes
-from pyg_lecc.models import num_parameters
+from pyg_lecc.nir.models import num_parameters
 from pyg_lecc.ops import backend_for, use_reference
 
 OPERATORS: tuple[str, ...] = (

@@ -1,7 +1,7 @@
 """The colorization task with the non-local operator swapped.
 
-NIR-GNN's backbone (:class:`pyg_lecc.models.NIRGNN`) is kept and the
-:class:`~pyg_lecc.LightweightECC` of every :class:`~pyg_lecc.models.LocalNonLocalConv` is
+NIR-GNN's backbone (:class:`pyg_lecc.nir.models.NIRGNN`) is kept and the
+:class:`~pyg_lecc.LightweightECC` of every :class:`~pyg_lecc.nir.models.LocalNonLocalConv` is
 replaced (without touching ``models.py``) by a :class:`NonLocalAdapter` that calls another
 PyG operator with ``(x, edge_index)`` on the same image kNN graph:
 
@@ -15,12 +15,12 @@ PyG operator with ``(x, edge_index)`` on the same image kNN graph:
 The layer bias stays in ``LocalNonLocalConv``. Each variant's width ``F`` (a multiple of 3;
 of 9 for GAT, so that the F/3-wide branches split into 3 heads) is chosen so that its
 parameter count is closest to that of NIR-GNN at ``features`` (as
-:func:`pyg_lecc.models.matched_cnn_features` does for the CNN). All variants train with the
+:func:`pyg_lecc.nir.models.matched_cnn_features` does for the CNN). All variants train with the
 same seed, the same patches and the same short schedule: Adam, MSE, ``lr`` decayed
 exponentially to ``lr_end``, random 42x42 patches with flips and rotations from the VCIP 2020
 training split; then they are validated on the validation images (whole 256x256 images,
-49x49 kNN search window) with :func:`pyg_lecc.metrics.evaluate_pair` /
-:func:`~pyg_lecc.metrics.summarize`.
+49x49 kNN search window) with :func:`pyg_lecc.nir.metrics.evaluate_pair` /
+:func:`~pyg_lecc.nir.metrics.summarize`.
 
 This is a *short* schedule for a CPU (40 iterations in full mode), NOT the paper's: the
 metrics compare the operators early in training, not converged models.
@@ -54,7 +54,7 @@ from benchmarks.common import (
     summarize_times,
     synchronize,
 )
-from pyg_lecc.models import NIRGNN, LocalNonLocalConv, num_parameters
+from pyg_lecc.nir.models import NIRGNN, LocalNonLocalConv, num_parameters
 
 VARIANTS: tuple[str, ...] = ("lecc", "gcn", "gat", "edgeconv", "cnn")
 """Non-local operators compared; ``lecc`` is NIR-GNN itself, ``cnn`` has none."""
@@ -167,7 +167,7 @@ def matched_features(variant: str, cfg: Config) -> tuple[int, int, int]:
 
 
 def _load_data(cfg: Config) -> tuple[Any, list[tuple[str, Tensor, np.ndarray]]]:
-    from pyg_lecc.data import PairedImageDataset
+    from pyg_lecc.nir.data import PairedImageDataset
 
     train = PairedImageDataset(cfg.data, split="train", preload=True)
     val = PairedImageDataset(cfg.data, split="validation", preload=False)
@@ -188,7 +188,7 @@ def _load_data(cfg: Config) -> tuple[Any, list[tuple[str, Tensor, np.ndarray]]]:
 def _validate(
     model: NIRGNN, data: list[tuple[str, Tensor, np.ndarray]], cfg: Config, device: torch.device
 ) -> dict[str, float]:
-    from pyg_lecc.metrics import evaluate_pair, summarize
+    from pyg_lecc.nir.metrics import evaluate_pair, summarize
 
     model.eval()
     window = model.graph.search_window
@@ -213,7 +213,7 @@ def train_variant(
     device: torch.device,
 ) -> dict[str, Any]:
     """Trains one variant with the short schedule and validates it."""
-    from pyg_lecc.data import RandomPatchSampler
+    from pyg_lecc.nir.data import RandomPatchSampler
 
     seed_everything(cfg.seed)
     model = build_variant(variant, features, cfg).to(device).train()

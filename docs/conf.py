@@ -70,16 +70,16 @@ import torch
 from pyg_lecc import *
 from pyg_lecc.functional import gather_contract, scatter_outer
 from pyg_lecc.graph import *
-from pyg_lecc.models import *
-from pyg_lecc.data import *
-from pyg_lecc.metrics import *
-from pyg_lecc.inference import *
-from pyg_lecc.training import TrainConfig, lr_at
-from pyg_lecc.molecules import random_split, smiles_to_graph
-from pyg_lecc.mpnn import MPNN
+from pyg_lecc.nir.models import *
+from pyg_lecc.nir.data import *
+from pyg_lecc.nir.metrics import *
+from pyg_lecc.nir.inference import *
+from pyg_lecc.nir.training import TrainConfig, lr_at
+from pyg_lecc.chem.molecules import random_split, smiles_to_graph
+from pyg_lecc.chem.mpnn import MPNN
 from pyg_lecc.ops import edge_label_aggregate
-from pyg_lecc.registration import *
-from pyg_lecc.continuation import selection_score
+from pyg_lecc.nir.registration import *
+from pyg_lecc.nir.continuation import selection_score
 from scipy import ndimage
 torch.manual_seed(0)
 np.random.seed(0)
@@ -142,7 +142,7 @@ _CLI_HELP = re.compile(r"^\.\. cli-help:: *(\S+) *$", re.MULTILINE)
 
 
 def _cli_help(command: str) -> str:
-    from pyg_lecc.cli import build_parser
+    from pyg_lecc.nir.cli import build_parser
 
     parser = build_parser()
     subparsers = next(
@@ -170,7 +170,7 @@ def _always_reread(app, env, added, changed, removed) -> list[str]:
 
 
 # Docstrings refer to package objects by short or module-qualified names (``:class:`LightweightECC```
-# inside pyg_lecc.models, ``:func:`pyg_lecc.models.get_model``` for the re-exported
+# inside pyg_lecc.nir.models, ``:func:`pyg_lecc.nir.models.get_model``` for the re-exported
 # ``pyg_lecc.get_model``). Where the standard lookup fails, link to the one documented
 # pyg_lecc object with that last name component. ``:obj:`` is left alone: PyG-style docstrings
 # use it for literals such as :obj:`None` or :obj:`name`.

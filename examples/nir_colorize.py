@@ -31,9 +31,9 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pyg_lecc.data import ImagePair, find_pairs, load_pair, write_rgb_png
-from pyg_lecc.inference import DEFAULT_SEARCH_WINDOW, colorize, load_model, sample_pairs
-from pyg_lecc.metrics import METRIC_KEYS, evaluate_pair, summarize
+from pyg_lecc.nir.data import ImagePair, find_pairs, load_pair, write_rgb_png
+from pyg_lecc.nir.inference import DEFAULT_SEARCH_WINDOW, colorize, load_model, sample_pairs
+from pyg_lecc.nir.metrics import METRIC_KEYS, evaluate_pair, summarize
 
 PROG = "nir_colorize.py"
 MODELS = ("cnn", "nir-gnn")  # column order of the figure

@@ -65,7 +65,7 @@ LABEL_KERNEL_ENV = "PYG_LECC_CUDA_EDGE_LABEL_KERNELS"
 # pytest -k selections: the tests of edge_label_aggregate are those whose name or module
 # name says "label" (tests/test_ops_edge_label.py and the label tests of test_ops_cuda.py).
 _LABEL_TESTS = "label"
-# What `pyg-lecc train` exports into its run folder (pyg_lecc.training.WEIGHTS_NAME; this
+# What `pyg-lecc train` exports into its run folder (pyg_lecc.nir.training.WEIGHTS_NAME; this
 # script imports nothing of the package, so that it runs before any install).
 TRAINED_WEIGHTS = "weights.safetensors"
 F99 = "nir-gnn-f99"  # the GPU lineage's file stem (weights, log, metadata)
@@ -227,7 +227,7 @@ def _probe(args: argparse.Namespace) -> None:
     import torch
 
     from benchmarks.iteration import time_training_iterations
-    from pyg_lecc.models import nir_gnn
+    from pyg_lecc.nir.models import nir_gnn
 
     setting = json.loads(args.setting)
     probe = setting["probe"]
@@ -275,11 +275,11 @@ def _probe(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     """Metrics of a weights file on the held-out training pairs and the validation split,
     as ``pyg-lecc evaluate`` computes them (JSON to ``args.json``)."""
-    from pyg_lecc.data import find_pairs, load_pair
-    from pyg_lecc.inference import DEFAULT_SEARCH_WINDOW, colorize, resolve_weights
-    from pyg_lecc.metrics import evaluate_pair, summarize
-    from pyg_lecc.models import model_from_weights
-    from pyg_lecc.training import read_holdout_pairs
+    from pyg_lecc.nir.data import find_pairs, load_pair
+    from pyg_lecc.nir.inference import DEFAULT_SEARCH_WINDOW, colorize, resolve_weights
+    from pyg_lecc.nir.metrics import evaluate_pair, summarize
+    from pyg_lecc.nir.models import model_from_weights
+    from pyg_lecc.nir.training import read_holdout_pairs
 
     model, _ = model_from_weights(resolve_weights(args.weights, args.model))
     model = model.to(args.device)
@@ -546,7 +546,7 @@ class Runbook:
         if model == "cnn":  # the CNN's width is matched to NIR-GNN's, as `train` does
             build = "cnn_baseline(match_features=arch.pop('features'), **arch)"
         code = (
-            "import json\nfrom pyg_lecc.models import cnn_baseline, load_weights, nir_gnn\n"
+            "import json\nfrom pyg_lecc.nir.models import cnn_baseline, load_weights, nir_gnn\n"
             f"arch = {arch!r}\nmeta, _ = load_weights({str(path)!r})\n"
             f"print(json.dumps({{'same': meta['config'] == {build}.config()}}))\n"
         )
@@ -565,7 +565,7 @@ class Runbook:
         # About four validations of NIR-GNN in the budget (the PSNR-versus-time curve).
         val_every = max(5, int(budget / choice["s_per_iter"] / 4))
         gnn = model == "nir-gnn"
-        cmd = [sys.executable, "-m", "pyg_lecc.cli", "train", "--data", self.args.pack]
+        cmd = [sys.executable, "-m", "pyg_lecc.nir.cli", "train", "--data", self.args.pack]
         cmd += ["--out", str(self.work / f"run-{stem}"), "--model", model]
         cmd += ["--device", self.setting["device"], "--time-budget", f"{budget:.0f}"]
         cmd += ["--no-progress", "--threads", "2" if self.args.rehearsal else "6"]

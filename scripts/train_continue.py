@@ -1,5 +1,5 @@
 """Continue the training of NIR-GNN until a stop time, then finish it (see
-:mod:`pyg_lecc.continuation` and docs/nir_colorization.rst, "Continuing training").
+:mod:`pyg_lecc.nir.continuation` and docs/nir_colorization.rst, "Continuing training").
 
 Usage, from anywhere (defaults refer to this repository)::
 
@@ -10,7 +10,7 @@ Usage, from anywhere (defaults refer to this repository)::
 
 from pathlib import Path
 
-from pyg_lecc.continuation import main
+from pyg_lecc.nir.continuation import main
 
 if __name__ == "__main__":
     raise SystemExit(main(root=Path(__file__).resolve().parents[1]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyg_lecc._optional import WITH_NUMBA
+from pyg_lecc.typing import WITH_NUMBA
 
 GRAPHS = ("random", "knn", "bipartite", "zero_degree", "empty")
 

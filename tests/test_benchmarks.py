@@ -223,7 +223,7 @@ def test_timing_and_memory_helpers() -> None:
 
 def _tiny_molecule_split(split: str, seed: int = 0, limit: int | None = None):
     pytest.importorskip("rdkit")
-    from pyg_lecc.molecules import smiles_to_graph
+    from pyg_lecc.chem.molecules import smiles_to_graph
 
     smiles = ["CCO", "CCN", "c1ccccc1", "CC(=O)O", "C1CCCCC1", "CCCl", "OCCO", "CC#N"]
     graphs = [smiles_to_graph(s, y=float(i)) for i, s in enumerate(smiles)]

@@ -4,7 +4,7 @@ from torch_geometric import EdgeIndex
 
 import pyg_lecc.graph as graph_module
 from pyg_lecc import ImageKNNGraph, image_knn_graph, image_to_nodes, nodes_to_image
-from pyg_lecc._optional import WITH_NUMBA, WITH_TORCH_CLUSTER
+from pyg_lecc.typing import WITH_NUMBA, WITH_TORCH_CLUSTER
 
 
 def _brute_force(feats: torch.Tensor, k: int, radius: int, window: int | None) -> torch.Tensor:

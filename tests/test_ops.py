@@ -7,8 +7,8 @@ from ops_helpers import GRAPHS, make_graph, requires_numba
 
 import pyg_lecc.ops as ops
 import pyg_lecc.ops.reference as reference
-from pyg_lecc._optional import WITH_NUMBA
 from pyg_lecc.ops import backend_for, edge_aggregate, use_reference
+from pyg_lecc.typing import WITH_NUMBA
 
 SLOPE, DELTA = 0.2, 10.0
 NAMES = ("x_src", "x_dst", "y_src", "y_dst", "b0", "V", "c", "w_omega", "b_omega")

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import pyg_lecc.ops.reference as reference
-from pyg_lecc._optional import WITH_NUMBA
 from pyg_lecc.ops import edge_aggregate, edge_label_aggregate
 from pyg_lecc.ops.checks import _check_index_values, check_knn_window, fewest_candidates
+from pyg_lecc.typing import WITH_NUMBA
 
 SLOPE, DELTA = 0.2, 10.0
 

@@ -11,8 +11,8 @@ from ops_helpers import GRAPHS, make_graph, requires_numba
 
 import pyg_lecc.ops as ops
 import pyg_lecc.ops.reference as reference
-from pyg_lecc._optional import WITH_NUMBA
 from pyg_lecc.ops import backend_for, edge_label_aggregate, use_reference
+from pyg_lecc.typing import WITH_NUMBA
 
 SLOPE = 0.2
 NAMES = ("pre", "gamma", "V", "c", "w_omega", "b_omega")

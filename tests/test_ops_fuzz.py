@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from pyg_lecc._optional import WITH_NUMBA
+from pyg_lecc.typing import WITH_NUMBA
 
 SEED, CASES_PER_OP = 24, 30
 DELTA, SLOPE = 10.0, 0.2

@@ -5,7 +5,7 @@ import safetensors.torch
 import torch
 from safetensors_helpers import edit_header
 
-from pyg_lecc.weight_files import read_weights_file, tensors_sha256, write_weights_file
+from pyg_lecc.io.weight_files import read_weights_file, tensors_sha256, write_weights_file
 
 
 def _state() -> dict[str, torch.Tensor]:

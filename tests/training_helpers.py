@@ -1,4 +1,4 @@
-"""Helpers of the training tests (tests/training/) and of the tests that train or need a tiny
+"""Helpers of the training tests (tests/nir/training/) and of the tests that train or need a tiny
 synthetic data set (test_continuation, test_data_pack): data, configurations, log and
 checkpoint readers, and recorders of what a run does."""
 
@@ -10,8 +10,8 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from pyg_lecc.data import RandomPatchSampler
-from pyg_lecc.training import TrainConfig, averaging, loop
+from pyg_lecc.nir.data import RandomPatchSampler
+from pyg_lecc.nir.training import TrainConfig, averaging, loop
 
 TINY = dict(features=6, rank=2, k=4, layers_per_block=1, patch=12, batch_size=2)
 

@@ -1,18 +1,24 @@
 """pyg_lecc: Lightweight Edge-Conditioned Convolution for PyTorch Geometric, image kNN
-graphs, and NIR-GNN near-infrared colorization."""
+graphs, and NIR-GNN near-infrared colorization.
 
+The top level is the operator library (:mod:`pyg_lecc.conv`, :mod:`pyg_lecc.functional`,
+:mod:`pyg_lecc.graph`, :mod:`pyg_lecc.ops`). NIR-GNN lives in :mod:`pyg_lecc.nir` and the
+molecule models in :mod:`pyg_lecc.chem`; the NIR-GNN names below are imported on first use,
+so ``import pyg_lecc`` does not load the imaging stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pyg_lecc import _moved
 from pyg_lecc.conv import LightweightECC
 from pyg_lecc.graph import ImageKNNGraph, image_knn_graph, image_to_nodes, nodes_to_image
-from pyg_lecc.models import (
-    NIRGNN,
-    LocalNonLocalConv,
-    cnn_baseline,
-    get_model,
-    list_models,
-    nir_gnn,
-)
 
 __version__ = "0.1.0"
+
+_NIR_NAMES = ("NIRGNN", "LocalNonLocalConv", "cnn_baseline", "get_model", "list_models", "nir_gnn")
 
 __all__ = [
     "NIRGNN",
@@ -28,3 +34,11 @@ __all__ = [
     "nir_gnn",
     "nodes_to_image",
 ]
+
+_moved.install()
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NIR_NAMES:
+        return getattr(importlib.import_module("pyg_lecc.nir.models"), name)
+    raise AttributeError(f"module 'pyg_lecc' has no attribute '{name}'")

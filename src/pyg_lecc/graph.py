@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 from torch_geometric import EdgeIndex
 
-from pyg_lecc._optional import WITH_NUMBA, WITH_TORCH_CLUSTER, require
 from pyg_lecc.ops.checks import fewest_candidates
+from pyg_lecc.typing import WITH_NUMBA, WITH_TORCH_CLUSTER, require
 
 BACKENDS = ("auto", "torch", "torch_cluster", "numba")
 # Feature types the Numba kernel compiles for (NumPy has no bfloat16).

@@ -37,8 +37,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from pyg_lecc._optional import WITH_NUMBA
 from pyg_lecc.ops import reference
+from pyg_lecc.typing import WITH_NUMBA
 
 __all__ = ["backend_for", "edge_aggregate", "edge_label_aggregate", "use_reference"]
 

@@ -1,3 +1,4 @@
+import inspect
 import warnings
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from ops_helpers import GRAPHS, make_graph, requires_numba
 
-import pyg_lecc.ops as ops
+import pyg_lecc.ops.backends as backends
 import pyg_lecc.ops.reference as reference
 from pyg_lecc.ops import backend_for, edge_aggregate, use_reference
 from pyg_lecc.typing import WITH_NUMBA
@@ -154,8 +155,8 @@ def test_cpu_kernel_really_runs(monkeypatch):
 
 
 def test_missing_numba_warns_once_and_uses_reference(monkeypatch):
-    monkeypatch.setattr(ops, "WITH_NUMBA", False)
-    monkeypatch.setattr(ops, "_numba_state", {})
+    monkeypatch.setattr(backends, "WITH_NUMBA", False)
+    monkeypatch.setattr(backends, "_numba_state", {})
     floats, rowptr, col = _case("random")
     with pytest.warns(RuntimeWarning, match="Numba CPU kernel .* not installed"):
         Q, _ = _op(*floats, rowptr, col)
@@ -169,13 +170,33 @@ def test_missing_numba_warns_once_and_uses_reference(monkeypatch):
 def test_backend_for_and_use_reference():
     assert backend_for("cpu") == ("numba" if WITH_NUMBA else "reference")
     # The CUDA kernels run when Triton imports, unless PYG_LECC_CUDA_KERNELS=0.
-    expected_cuda = "triton" if ops._CUDA_KERNELS and ops._cuda_kernels() else "reference"
+    from pyg_lecc.ops import cuda
+
+    expected_cuda = "triton" if backends.CUDA_KERNELS and cuda.AVAILABLE else "reference"
     assert backend_for("cuda") == expected_cuda
     with use_reference():
         assert backend_for("cpu") == backend_for("cuda") == "reference"
         with use_reference(False):  # does not undo an outer context
             assert backend_for("cpu") == "reference"
     assert backend_for("cpu") == ("numba" if WITH_NUMBA else "reference")
+
+
+def test_backend_modules_implement_the_kernels_protocol():
+    # No type checker runs on the package: the backends' parameter lists are compared here.
+    from pyg_lecc.ops import cuda
+
+    modules = [reference, cuda]
+    if WITH_NUMBA:
+        from pyg_lecc.ops import cpu
+
+        modules.append(cpu)
+    for name in ("edge_aggregate", "edge_label_aggregate"):
+        for direction in ("forward", "backward"):
+            kernel = f"{name}_{direction}"
+            _, *expected = inspect.signature(getattr(backends.Kernels, kernel)).parameters
+            for module in modules:
+                got = list(inspect.signature(getattr(module, kernel)).parameters)
+                assert got == expected, (module.__name__, kernel)
 
 
 def test_opcheck():

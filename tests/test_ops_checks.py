@@ -5,7 +5,7 @@ import torch
 
 import pyg_lecc.ops.reference as reference
 from pyg_lecc.ops import edge_aggregate, edge_label_aggregate
-from pyg_lecc.ops.checks import _check_index_values, check_knn_window, fewest_candidates
+from pyg_lecc.ops.checks import check_index_values, check_knn_window, fewest_candidates
 from pyg_lecc.typing import WITH_NUMBA
 
 SLOPE, DELTA = 0.2, 10.0
@@ -114,9 +114,9 @@ def test_device_side_check_without_host_sync(case):
     _, change, _, _ = case
     floats, rowptr, col = _bad_inputs(change)
     with pytest.raises(RuntimeError, match="do not index the node tensors"):
-        _check_index_values(rowptr, col, floats[0].size(0), on_host=False)
+        check_index_values(rowptr, col, floats[0].size(0), on_host=False)
     good_floats, good_rowptr, good_col = _inputs()
-    _check_index_values(good_rowptr, good_col, good_floats[0].size(0), on_host=False)
+    check_index_values(good_rowptr, good_col, good_floats[0].size(0), on_host=False)
 
 
 @pytest.mark.parametrize("window", [(1, 1), (3, 4), (5, 5), (2, 9)])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from ops_helpers import GRAPHS, make_graph, requires_numba
 
-import pyg_lecc.ops as ops
+import pyg_lecc.ops.backends as backends
 import pyg_lecc.ops.reference as reference
 from pyg_lecc.ops import backend_for, edge_label_aggregate, use_reference
 from pyg_lecc.typing import WITH_NUMBA
@@ -164,7 +164,9 @@ def test_cpu_kernel_really_runs(monkeypatch):
 def test_backend_for_edge_label_aggregate():
     assert backend_for("cpu", "edge_label_aggregate") == ("numba" if WITH_NUMBA else "reference")
     # The Triton kernels are opt-in (PYG_LECC_CUDA_EDGE_LABEL_KERNELS=1): reference by default.
-    enabled = ops._CUDA_EDGE_LABEL_KERNELS and ops._cuda_kernels() is not None
+    from pyg_lecc.ops import cuda
+
+    enabled = backends.CUDA_EDGE_LABEL_KERNELS and cuda.AVAILABLE
     assert backend_for("cuda", "edge_label_aggregate") == ("triton" if enabled else "reference")
     with use_reference():
         assert backend_for("cpu", "edge_label_aggregate") == "reference"
@@ -182,7 +184,9 @@ def test_cuda_equals_cpu_reference(graph, attention, monkeypatch):
     with use_reference():
         expected = _value_and_grads(_op, floats, rowptr, col)
     requested = os.environ.get("PYG_LECC_CUDA_EDGE_LABEL_KERNELS") == "1"
-    if requested and ops._CUDA_KERNELS and ops._cuda_kernels() is not None:
+    from pyg_lecc.ops import cuda
+
+    if requested and backends.CUDA_KERNELS and cuda.AVAILABLE:
         assert backend_for("cuda", "edge_label_aggregate") == "triton"
 
         def fail(*args):

@@ -15,8 +15,7 @@ from torch_geometric.nn.inits import zeros
 from torch_geometric.typing import Adj, OptPairTensor, OptTensor, PairTensor, Size
 from torch_geometric.utils import is_sparse, to_edge_index
 
-from pyg_lecc.ops import edge_aggregate, edge_label_aggregate
-from pyg_lecc.ops.reference import targets_of_edges
+from pyg_lecc.ops import edge_aggregate, edge_label_aggregate, targets_of_edges
 
 _IMPLEMENTATIONS = ("node", "edge")
 # Aggregations that are linear in the messages: the node-level rewrite is exact for them.

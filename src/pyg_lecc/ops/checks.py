@@ -19,6 +19,7 @@ from torch import Tensor
 __all__ = [
     "check_edge_aggregate_inputs",
     "check_edge_label_aggregate_inputs",
+    "check_index_values",
     "check_knn_window",
     "fewest_candidates",
 ]
@@ -85,9 +86,22 @@ def _check_shapes(floats: list[Tensor], rowptr: Tensor, col: Tensor) -> None:
             )
 
 
-def _check_index_values(
+def check_index_values(
     rowptr: Tensor, col: Tensor, num_src: int, on_host: bool, op: str = "edge_aggregate"
 ) -> None:
+    r"""Checks that a CSR index points into the node tensors: :obj:`rowptr` rises from 0 to
+    the number of edges without decreasing, and every source in :obj:`col` lies in
+    :math:`[0, N_s)`.
+
+    Args:
+        rowptr (torch.Tensor): CSR pointers by target :math:`(N_t + 1,)`, int64.
+        col (torch.Tensor): Source of every edge :math:`(E,)`, int64.
+        num_src (int): The number of source nodes :math:`N_s`.
+        on_host (bool): :obj:`True`: an exact check with a clear message (one pass over
+            the indices, synchronising); :obj:`False`: one asynchronous device-side
+            assertion (:func:`torch._assert_async`), without a host synchronisation.
+        op (str, optional): The op named in the messages. (default: :obj:`"edge_aggregate"`)
+    """
     num_edges = col.numel()
     # Comparisons only: `rowptr.diff()` wraps around in int64, so pointers such as
     # [0, 2**63 - 1, -2**63, E] would pass a `diff() >= 0` test and send a kernel far outside
@@ -145,7 +159,7 @@ def check_edge_aggregate_inputs(
                     f"edge_aggregate backward: '{name}' must have shape {shape}, "
                     f"got {tuple(grad.shape)}"
                 )
-    _check_index_values(rowptr, col, floats[0].size(0), on_host=rowptr.device.type == "cpu")
+    check_index_values(rowptr, col, floats[0].size(0), on_host=rowptr.device.type == "cpu")
 
 
 _LABEL_NAMES = ("pre", "gamma", "V", "c", "w_omega", "b_omega")
@@ -201,7 +215,7 @@ def check_edge_label_aggregate_inputs(
                 raise ValueError(
                     f"{op} backward: '{name}' must have shape {shape}, got {tuple(grad.shape)}"
                 )
-    _check_index_values(rowptr, col, num_src, rowptr.device.type == "cpu", op)
+    check_index_values(rowptr, col, num_src, rowptr.device.type == "cpu", op)
 
 
 def fewest_candidates(window: tuple[int, int], exclude_radius: int) -> int:

@@ -64,23 +64,36 @@ allocate; larger graphs take the two-pass backward, which needs none."""
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _forward(x_src, x_dst, y_src, y_dst, b0, V, c, w, bw, rowptr, col, inv_delta, slope, Q, P):
-    num_dst, Fin, Fh = rowptr.shape[0] - 1, x_src.shape[1], V.shape[2]
     zero = V.dtype.type(0)  # typed: an int literal would promote float32 to float64
-    for i in prange(num_dst):
+    for i in prange(rowptr.shape[0] - 1):
         z = np.empty_like(b0)
         Q[i] = zero  # each output row is written by its own node's iteration only
         P[i] = zero
         for e in range(rowptr[i], rowptr[i + 1]):
             j = col[e]
-            dist = zero
-            for f in range(Fin):
-                t = x_src[j, f] - x_dst[i, f]
-                dist += t * t
-            gamma = math.exp(-dist * inv_delta)
-            for g in range(Fh):
-                p = y_src[j, g] - y_dst[i, g] + b0[g]
-                z[g] = p if p > zero else p * slope
+            gamma = _edge_terms(x_src[j], x_dst[i], y_src[j], y_dst[i], b0, inv_delta, slope, z)
             _aggregate_edge(z, gamma, V[j], c[j], w, bw, Q[i], P[i])
+
+
+@njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _edge_terms(xs_j, xd_i, ys_j, yd_i, b0, inv_delta, slope, z):
+    # One edge's inputs to its rank terms (_aggregate_edge, _rank_gradients): the hidden
+    # vector z (into a scratch vector, see _hidden); returns the attention gamma.
+    dist = z.dtype.type(0)
+    for f in range(xs_j.shape[0]):
+        t = xs_j[f] - xd_i[f]
+        dist += t * t
+    _hidden(z, ys_j, yd_i, b0, slope)
+    return math.exp(-dist * inv_delta)
+
+
+@njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _hidden(z, ys_j, yd_i, b0, slope):
+    # z = LeakyReLU(y_j - y_i + b0), one edge's hidden vector, into a private scratch vector.
+    zero = z.dtype.type(0)
+    for g in range(z.shape[0]):
+        p = ys_j[g] - yd_i[g] + b0[g]
+        z[g] = p if p > zero else p * slope
 
 
 @njit(inline="always", cache=True, fastmath=_FASTMATH)
@@ -144,9 +157,10 @@ def _add_edge_gradient(g_z, a, q_row, g_u, v_row, g_omega, w_row):
 
 
 @njit(inline="always", cache=True, fastmath=_FASTMATH)
-def _edge_inputs(xs_j, xd_i, ys_j, yd_i, b0, inv_delta, slope, d, z, mask):
-    # One edge's label d = x_j - x_i, hidden vector z = LeakyReLU(y_j - y_i + b0) and its
-    # slope per entry (mask), into scratch vectors; returns the attention gamma.
+def _edge_terms_for_gradients(xs_j, xd_i, ys_j, yd_i, b0, inv_delta, slope, d, z, mask):
+    # The terms of _edge_terms and what the gradients need besides: the label d = x_j - x_i
+    # and the slope of the leaky ReLU at every entry (mask), into scratch vectors. Kept
+    # apart from _edge_terms so that the forward stores neither.
     zero, one = z.dtype.type(0), z.dtype.type(1)
     for f in range(d.shape[0]):
         d[f] = xs_j[f] - xd_i[f]
@@ -188,7 +202,7 @@ def _backward_targets(
             gy_dst[i] = zero
             for e in range(rowptr[i], rowptr[i + 1]):
                 j = col[e]
-                gamma = _edge_inputs(
+                gamma = _edge_terms_for_gradients(
                     x_src[j], x_dst[i], y_src[j], y_dst[i], b0, inv_delta, slope, d, z, mask
                 )
                 g_gamma = _rank_gradients(z, gamma, V[j], c[j], w, bw, GQ[i], GP[i], a, g_u, g_om)
@@ -232,9 +246,8 @@ def _backward_sources(
         gx_src[j], gy_src[j], gV[j], gc[j] = zero, zero, zero, zero
         for n in range(colptr[j], colptr[j + 1]):
             e, i = edges[n], dst[edges[n]]
+            _hidden(z, y_src[j], y_dst[i], b0, slope)
             for g in range(Fh):
-                p = y_src[j, g] - y_dst[i, g] + b0[g]
-                z[g] = p if p > zero else p * slope
                 g_z[g] = zero
             for t in range(r):
                 at, gut, gomt = edge_a[e, t], edge_gu[e, t], edge_gom[e, t]

@@ -464,15 +464,6 @@ _BWD_WARPS = 2
 _BWD_PROGRAMS_PER_SM = 8
 
 
-def _edge_rows(rowptr: Tensor, num_edges: int) -> Tensor:
-    # Target of every edge; `output_size` keeps repeat_interleave free of a host sync.
-    n = rowptr.numel() - 1
-    counts = rowptr[1:] - rowptr[:-1]
-    return torch.repeat_interleave(
-        torch.arange(n, device=rowptr.device), counts, output_size=num_edges
-    )
-
-
 def _by_source(col: Tensor, num_src: int) -> tuple[Tensor, Tensor]:
     # CSC ordering for a backward pass by source: a stable sort by source, all on the device
     # (no host sync). Returns the edge order and the pointers into it.
@@ -521,7 +512,7 @@ def _torch_forward(x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega, rowpt
     E = col.numel()
     Q = y_dst.new_zeros(Nd, r, Fh)
     P = y_dst.new_zeros(Nd, r)
-    rows = _edge_rows(rowptr, E)
+    rows = reference.targets_of_edges(rowptr, E)
     for lo, hi in _chunks(E, r * Fh):
         j, i = col[lo:hi], rows[lo:hi]
         *_, z, _, _, _, a = _torch_edge_terms(
@@ -538,7 +529,7 @@ def _torch_backward(grad_Q, grad_P, x_src, x_dst, y_src, y_dst, b0, V, c, w_omeg
     r, Fh = V.size(1), V.size(2)
     grads = [torch.zeros_like(t) for t in (x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega)]
     gxs, gxd, gys, gyd, gb0, gV, gc, gw, gbo = grads
-    rows = _edge_rows(rowptr, E)
+    rows = reference.targets_of_edges(rowptr, E)
     for lo, hi in _chunks(E, r * Fh):
         j, i = col[lo:hi], rows[lo:hi]
         d, gamma, pre, z, omega, Vj, u, a = _torch_edge_terms(
@@ -695,7 +686,7 @@ def edge_aggregate_backward(
     edge_coef = torch.empty(E, device=dev, dtype=torch.float32)
 
     perm, colptr = _by_source(col, Ns)
-    row_sorted = _edge_rows(rowptr, E)[perm]
+    row_sorted = reference.targets_of_edges(rowptr, E)[perm]
 
     grad_x_src = torch.empty_like(x_src)
     grad_y_src = torch.empty_like(y_src)

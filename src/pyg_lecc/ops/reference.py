@@ -54,8 +54,21 @@ def edge_chunks(
 
 
 def targets_of_edges(rowptr: Tensor, num_edges: int) -> Tensor:
-    r"""The target node of every edge of a CSR index (no host synchronisation: the number
-    of edges is passed in)."""
+    r"""The target node of every edge of a CSR index, i.e. the row index of its entries
+    (no host synchronisation: the number of edges is passed in).
+
+    Args:
+        rowptr (torch.Tensor): CSR pointers by target :math:`(N_t + 1,)`, int64.
+        num_edges (int): The number of edges :math:`E`, :obj:`rowptr[-1]`.
+
+    Returns:
+        torch.Tensor: The target of every edge, :math:`(E,)`, int64.
+
+    Example:
+        >>> from pyg_lecc.ops import targets_of_edges
+        >>> targets_of_edges(torch.tensor([0, 2, 2, 3]), 3)
+        tensor([0, 0, 2])
+    """
     nodes = torch.arange(rowptr.numel() - 1, device=rowptr.device)
     return nodes.repeat_interleave(rowptr.diff(), output_size=num_edges)
 

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 from test_registration import _shifted_pair
 
-from pyg_lecc import data
-from pyg_lecc.nir.data import PACK_MANIFEST, PairedImageDataset, find_pairs, load_pair, pack_dataset
+from pyg_lecc.nir.data import (
+    PACK_MANIFEST,
+    PairedImageDataset,
+    datasets,
+    find_pairs,
+    load_pair,
+    pack_dataset,
+)
 from pyg_lecc.nir.registration import estimate_shift, register_pair
 
 SHIFT = (2.4, -1.3)
@@ -84,7 +90,7 @@ def test_a_pack_records_the_registration_of_its_training_pairs(source, tmp_path,
     for pair, original in zip(packed, find_pairs(source, "train"), strict=True):
         assert pair.registration == estimate_shift(*load_pair(original))
     # A registered dataset of the pack uses the recorded shifts: nothing is estimated again.
-    monkeypatch.setattr(data, "estimate_shift", _no_estimate)
+    monkeypatch.setattr(datasets, "estimate_shift", _no_estimate)
     on_pack = PairedImageDataset(tmp_path / "pack", register=True)
     monkeypatch.undo()
     on_source = PairedImageDataset(source, register=True)

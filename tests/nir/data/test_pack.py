@@ -1,4 +1,5 @@
-"""Tests of data packs (pyg_lecc.nir.data.pack_dataset and the pack-data command)."""
+"""Tests of data packs: writing them (pyg_lecc.nir.data.pack, and the pack-data command) and
+reading them back (pyg_lecc.nir.data.pairs)."""
 
 import json
 import re
@@ -9,7 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-from test_data import _png16
+from image_helpers import _png16
 from training_helpers import _make_data, _write_split
 
 from pyg_lecc.nir.cli import main

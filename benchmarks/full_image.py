@@ -41,7 +41,8 @@ from benchmarks.common import (
     status_text,
     time_once_with_rss,
 )
-from pyg_lecc.nir.models import NIRGNN, cnn_baseline, default_weights_path, get_model, nir_gnn
+from pyg_lecc.nir.hub import cnn_baseline, default_weights_path, get_model, nir_gnn
+from pyg_lecc.nir.models import NIRGNN
 from pyg_lecc.nir.models import num_parameters as count_parameters
 
 MODELS: tuple[str, ...] = ("nir-gnn", "cnn")
@@ -85,7 +86,7 @@ def resolve_model(name: str, cfg: Config) -> tuple[nn.Module, str]:
     why = "no shipped weights or model card" if cfg.weights == "default" else "weights=random"
     if cfg.weights == "default" and card_path.is_file():
         try:
-            from pyg_lecc.nir.models import model_card
+            from pyg_lecc.nir.hub import model_card
 
             card = model_card(name)
         except (OSError, ValueError) as err:

@@ -42,7 +42,8 @@ from benchmarks.common import (
     summarize_times,
     synchronize,
 )
-from pyg_lecc.nir.models import cnn_baseline, nir_gnn, num_parameters
+from pyg_lecc.nir.hub import cnn_baseline, nir_gnn
+from pyg_lecc.nir.models import num_parameters
 from pyg_lecc.ops import backend_for, use_reference
 
 VARIANTS: tuple[str, ...] = ("kernel", "reference", "cnn")

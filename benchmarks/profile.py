@@ -45,7 +45,7 @@ from benchmarks.common import (
 )
 from pyg_lecc import LightweightECC
 from pyg_lecc.graph import ImageKNNGraph
-from pyg_lecc.nir.models import nir_gnn
+from pyg_lecc.nir.hub import nir_gnn
 
 PHASES: tuple[str, ...] = ("forward", "backward", "step")
 PARTS: tuple[str, ...] = ("knn_graph", "lightweight_ecc")

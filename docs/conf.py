@@ -71,6 +71,7 @@ from pyg_lecc import *
 from pyg_lecc.functional import gather_contract, scatter_outer
 from pyg_lecc.graph import *
 from pyg_lecc.nir.models import *
+from pyg_lecc.nir.hub import *
 from pyg_lecc.nir.data import *
 from pyg_lecc.nir.metrics import *
 from pyg_lecc.nir.inference import *

@@ -227,7 +227,7 @@ def _probe(args: argparse.Namespace) -> None:
     import torch
 
     from benchmarks.iteration import time_training_iterations
-    from pyg_lecc.nir.models import nir_gnn
+    from pyg_lecc.nir.hub import nir_gnn
 
     setting = json.loads(args.setting)
     probe = setting["probe"]
@@ -276,9 +276,9 @@ def _score(args: argparse.Namespace) -> None:
     """Metrics of a weights file on the held-out training pairs and the validation split,
     as ``pyg-lecc evaluate`` computes them (JSON to ``args.json``)."""
     from pyg_lecc.nir.data import find_pairs, load_pair
+    from pyg_lecc.nir.hub import model_from_weights
     from pyg_lecc.nir.inference import DEFAULT_SEARCH_WINDOW, colorize, resolve_weights
     from pyg_lecc.nir.metrics import evaluate_pair, summarize
-    from pyg_lecc.nir.models import model_from_weights
     from pyg_lecc.nir.training import read_holdout_pairs
 
     model, _ = model_from_weights(resolve_weights(args.weights, args.model))
@@ -546,7 +546,7 @@ class Runbook:
         if model == "cnn":  # the CNN's width is matched to NIR-GNN's, as `train` does
             build = "cnn_baseline(match_features=arch.pop('features'), **arch)"
         code = (
-            "import json\nfrom pyg_lecc.nir.models import cnn_baseline, load_weights, nir_gnn\n"
+            "import json\nfrom pyg_lecc.nir.hub import cnn_baseline, load_weights, nir_gnn\n"
             f"arch = {arch!r}\nmeta, _ = load_weights({str(path)!r})\n"
             f"print(json.dumps({{'same': meta['config'] == {build}.config()}}))\n"
         )

@@ -2,6 +2,7 @@
 synthetic data set (test_continuation, test_data_pack): data, configurations, log and
 checkpoint readers, and recorders of what a run does."""
 
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -10,10 +11,12 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
+from pyg_lecc.nir.config import NIRGNNConfig
 from pyg_lecc.nir.data import RandomPatchSampler
 from pyg_lecc.nir.training import TrainConfig, averaging, loop
 
-TINY = dict(features=6, rank=2, k=4, layers_per_block=1, patch=12, batch_size=2)
+TINY_ARCH = NIRGNNConfig(features=6, rank=2, k=4, layers_per_block=1)
+TINY = dict(arch=TINY_ARCH, patch=12, batch_size=2)
 
 
 MODELS = ("cnn", "nir-gnn")
@@ -44,8 +47,10 @@ def _make_data(root: Path, easy: bool = False, validation: bool = True) -> Path:
 
 
 def _config(data: Path, out: Path, **kwargs) -> TrainConfig:
+    """A tiny run; architecture fields among ``kwargs`` (``features=9``) replace TINY_ARCH's."""
+    arch = {name: kwargs.pop(name) for name in TINY_ARCH.to_dict() if name in kwargs}
     settings = dict(TINY, iters=6, ckpt_every=3, val_every=2, lr=1e-2, lr_end=1e-3)
-    settings.update(kwargs)
+    settings.update(kwargs, arch=dataclasses.replace(TINY_ARCH, **arch))
     return TrainConfig(data=data, out=out, progress=False, **settings)
 
 

@@ -18,7 +18,15 @@ from pyg_lecc.graph import ImageKNNGraph, image_knn_graph, image_to_nodes, nodes
 
 __version__ = "0.1.0"
 
-_NIR_NAMES = ("NIRGNN", "LocalNonLocalConv", "cnn_baseline", "get_model", "list_models", "nir_gnn")
+# NIR-GNN names, imported on first use from the module that defines them.
+_NIR_NAMES = {
+    "NIRGNN": "pyg_lecc.nir.models",
+    "LocalNonLocalConv": "pyg_lecc.nir.models",
+    "cnn_baseline": "pyg_lecc.nir.hub",
+    "get_model": "pyg_lecc.nir.hub",
+    "list_models": "pyg_lecc.nir.hub",
+    "nir_gnn": "pyg_lecc.nir.hub",
+}
 
 __all__ = [
     "NIRGNN",
@@ -40,5 +48,5 @@ _moved.install()
 
 def __getattr__(name: str) -> Any:
     if name in _NIR_NAMES:
-        return getattr(importlib.import_module("pyg_lecc.nir.models"), name)
+        return getattr(importlib.import_module(_NIR_NAMES[name]), name)
     raise AttributeError(f"module 'pyg_lecc' has no attribute '{name}'")

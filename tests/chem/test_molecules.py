@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("rdkit")
 from rdkit import Chem
 
-from pyg_lecc import molecules
+from pyg_lecc.chem import molecules
 from pyg_lecc.chem.molecules import (
     NUM_ATOM_FEATURES,
     NUM_BOND_FEATURES,

@@ -1,13 +1,16 @@
 """Tests of the pyg-lecc command line (and of examples/nir_colorize.py) on tiny synthetic data."""
 
+import dataclasses
 import gc
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -15,13 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from pyg_lecc import cli, inference
+from pyg_lecc.nir import cli, inference
 from pyg_lecc.nir.cli import main
+from pyg_lecc.nir.config import NIRGNNConfig, option_fields
 from pyg_lecc.nir.data import read_nir, read_rgb
+from pyg_lecc.nir.hub import save_weights
 from pyg_lecc.nir.inference import colorize, load_model
 from pyg_lecc.nir.metrics import METRIC_KEYS, evaluate_pair
-from pyg_lecc.nir.models import NIRGNN, save_weights
-from pyg_lecc.nir.training import CHECKPOINT_NAME, WEIGHTS_NAME, loop
+from pyg_lecc.nir.models import NIRGNN
+from pyg_lecc.nir.training import CHECKPOINT_NAME, WEIGHTS_NAME, TrainConfig, loop
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nir_colorize.py"
 NAMES = ("scene_a", "scene_b")
@@ -481,58 +486,129 @@ def test_help_returns_0(capsys):
 # --------------------------------------------------------------------------------------------
 
 
-def test_train_builds_config(tmp_path, monkeypatch, capsys):
-    seen = {}
-
-    class FakeConfig:
-        def __init__(self, **kwargs):
-            seen.update(kwargs)
+def _capture_train(monkeypatch) -> list:
+    """Replaces training by a recorder of the configurations it is given."""
+    seen = []
 
     def fake_train(config):
+        seen.append(config)
         return {"iterations": 7, "weights": "w.pt", "val": None, "stopped": "time_budget"}
 
-    monkeypatch.setattr(cli, "TrainConfig", FakeConfig)
     monkeypatch.setattr(cli, "train", fake_train)
+    return seen
+
+
+def test_train_builds_config(tmp_path, monkeypatch, capsys):
+    seen = _capture_train(monkeypatch)
     argv = ["train", "--data", "d", "--out", "o", "--model", "cnn", "--iters", "7"]
     argv += ["--lr", "2e-4", "--lr-end", "3e-5", "--threads", "1", "--no-progress", "--resume"]
     argv += ["--schedule", "cosine", "--warmup", "2", "--time-budget", "90", "--amp", "bf16"]
-    argv += ["--ema", "0.99", "--holdout", "3", "--init-from", "w.pt"]
+    argv += ["--ema", "0.99", "--holdout", "3", "--rank", "4"]
     assert main(argv) == 0
-    assert seen == {
-        "data": Path("d"),
-        "out": Path("o"),
-        "model": "cnn",
-        "features": 99,
-        "rank": 11,
-        "k": 8,
-        "layers_per_block": 3,
-        "iters": 7,
-        "batch_size": 10,
-        "patch": 42,
-        "lr": 2e-4,
-        "lr_end": 3e-5,
-        "seed": 0,
-        "device": "cpu",
-        "resume": True,
-        "val_every": 1000,
-        "ckpt_every": 200,
-        "val_split": "validation",
-        "threads": 1,
-        "progress": False,
-        "schedule": "cosine",
-        "warmup": 2,
-        "time_budget": 90.0,
-        "init_from": Path("w.pt"),
-        "amp": "bf16",
-        "ema": 0.99,
-        "holdout": 3,
-        "bn_batches": 16,
-        "holdout_pairs": None,
-        "ema_bias_correction": False,
-        "compile": "none",
-        "register": True,
-    }
+    assert seen == [
+        TrainConfig(
+            data=Path("d"),
+            out=Path("o"),
+            model="cnn",
+            arch=NIRGNNConfig(rank=4),
+            iters=7,
+            lr=2e-4,
+            lr_end=3e-5,
+            threads=1,
+            progress=False,
+            resume=True,
+            schedule="cosine",
+            warmup=2,
+            time_budget=90.0,
+            amp="bf16",
+            ema=0.99,
+            holdout=3,
+        )
+    ]
     assert "7 of 7 iterations (time budget reached)" in capsys.readouterr().out
+    # Without options, the defaults are TrainConfig's.
+    assert main(["train", "--data", "d", "--out", "o"]) == 0
+    assert seen[-1] == TrainConfig(data=Path("d"), out=Path("o"))
+    assert main(["train", "--data", "d", "--out", "o", "--init-from", "w.pt"]) == 0
+    assert seen[-1].init_from == Path("w.pt")
+
+
+def test_every_training_setting_is_a_train_option():
+    # _train_config maps the parsed options to TrainConfig by name.
+    args = vars(cli.build_parser().parse_args(["train"]))
+    names = {f.name for f in fields(TrainConfig)} - {"arch"}
+    assert names <= args.keys()
+    assert {f.name for f in option_fields()} <= args.keys()
+
+
+def test_architecture_options_come_from_the_config_fields(monkeypatch, capsys):
+    assert [f.name for f in option_fields()] == ["features", "rank", "k", "layers_per_block"]
+    # A new field of NIRGNNConfig gives train a new option, with its type, check and help.
+    extra = dataclasses.field(
+        default=5, metadata={"help": "a new size", "check": lambda v: None if v > 0 else "> 0"}
+    )
+    extra.name, extra.type = "new_size", "int"
+    monkeypatch.setattr(cli, "option_fields", lambda: [*option_fields(), extra])
+    parser = cli.build_parser()
+    assert parser.parse_args(["train", "--new-size", "7"]).new_size == 7
+    assert parser.parse_args(["train"]).new_size == 5
+    assert main(["train", "--new-size", "0"]) == 2
+    assert "--new-size: must be > 0, got 0" in capsys.readouterr().err
+    assert main(["train", "--help"]) == 0
+    assert re.search(r"--new-size NEW_SIZE\s+a new size \(default: 5\)", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [("10", "must be a positive multiple of 3, got 10"), ("x", "expected an integer, got 'x'")],
+)
+def test_architecture_options_are_checked_by_the_config(value, error, capsys):
+    assert main(["train", "--data", "d", "--out", "o", "--features", value]) == 2
+    assert f"--features: {error}" in capsys.readouterr().err
+
+
+def test_train_reads_a_config_file_that_options_override(tmp_path, monkeypatch):
+    seen = _capture_train(monkeypatch)
+    stored = TrainConfig(
+        data=tmp_path / "d",
+        out=tmp_path / "o",
+        arch=NIRGNNConfig(features=24, rank=4, delta=5.0),
+        iters=50,
+        progress=False,
+        ema=0.9,
+        register=False,
+    )
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(stored.to_dict()))
+    assert main(["train", "--config", str(path)]) == 0
+    assert seen[-1] == stored
+    argv = ["train", "--config", str(path), "--iters", "60", "--rank", "2", "--register"]
+    assert main([*argv, "--out", "elsewhere"]) == 0
+    expected = dataclasses.replace(stored, iters=60, register=True, out=Path("elsewhere"))
+    assert seen[-1] == dataclasses.replace(expected, arch=dataclasses.replace(stored.arch, rank=2))
+    # A partial file: the other settings are the defaults (not the values of old checkpoints).
+    path.write_text(json.dumps({"data": "d", "out": "o", "arch": {"rank": 3}}))
+    assert main(["train", "--config", str(path)]) == 0
+    assert seen[-1] == TrainConfig(data=Path("d"), out=Path("o"), arch=NIRGNNConfig(rank=3))
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("{", "is not valid JSON"),
+        ("[1]", "does not hold a JSON object"),
+        ('{"data": "d", "out": "o", "colour": 1}', r"unknown training setting\(s\) \['colour'\]"),
+        ('{"data": "d", "out": "o", "arch": {"rank": 0}}', "invalid arch: NIRGNNConfig: rank must"),
+        ('{"data": "d"}', "train needs --data and --out"),
+    ],
+)
+def test_train_refuses_a_bad_config_file(tmp_path, capsys, text, error):
+    path = tmp_path / "run.json"
+    path.write_text(text)
+    assert main(["train", "--config", str(path)]) == 2
+    assert re.search(error, _error_line(capsys))
+    assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in _error_line(capsys)
 
 
 @pytest.mark.parametrize("value", ["1", "0", "1.5", "x"])
@@ -550,7 +626,7 @@ def test_train_tiny_run(tmp_path, data, capsys):
     assert main(argv) == 0
     assert "2 iterations" in capsys.readouterr().out
     model, name = load_model(run / WEIGHTS_NAME)
-    assert name == "nir-gnn" and model.features == 6
+    assert name == "nir-gnn" and model.arch.features == 6
     # An existing run is not silently overwritten.
     assert main(argv) == 2
     _error_line(capsys)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import TINY, _log, _make_data
+from training_helpers import TINY, TINY_ARCH, _log, _make_data
 
-from pyg_lecc import continuation
+from pyg_lecc.nir import continuation
 from pyg_lecc.nir.continuation import LEDGER_HEADING, Recipe, append_ledger_row, finish, start
-from pyg_lecc.nir.models import (
+from pyg_lecc.nir.hub import (
     default_weights_path,
     load_weights,
     model_from_weights,
@@ -33,9 +33,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _shipped(root: Path, data: Path) -> Path:
     """A weights folder like the package's: tiny NIR-GNN weights trained a little, their
     metadata, training log and a model card with a ledger."""
-    arch = {k: TINY[k] for k in ("features", "rank", "k", "layers_per_block")}
     first = root / "first"
-    train(TrainConfig(data=data, out=first, iters=8, lr=1e-2, progress=False, **arch, patch=12))
+    train(
+        TrainConfig(
+            data=data, out=first, iters=8, lr=1e-2, progress=False, arch=TINY_ARCH, patch=12
+        )
+    )
     folder = root / "weights"
     folder.mkdir()
     shutil.copy(first / "weights.safetensors", folder / "nir-gnn.safetensors")
@@ -95,18 +98,21 @@ def test_start_continues_the_weights_until_the_stop_time(started):
     record = json.loads((run / "continue.json").read_text())
     assert record["iterations_before"] == 8 and record["threads"] == 1
     assert record["time_budget_s"] == pytest.approx(3000.0)  # one hour less the margin
-    command = record["command"].split()
-    assert command[:2] == ["pyg-lecc", "train"]
-    for flag, value in (("--init-from", weights / "nir-gnn.safetensors"), ("--time-budget", 3000)):
-        assert command[command.index(flag) + 1] == str(value)
-    assert command[command.index("--seed") + 1] == "8"  # new patches for each continuation
-    assert {"--ema-bias-correction", "--holdout-pairs", "--threads"} <= set(command)
+    # The trainer reads its settings from the run folder, where the record names them.
+    assert record["command"] == f"pyg-lecc train --config {run / 'train.json'}"
+    settings = json.loads((run / "train.json").read_text())
+    assert record["train_config"] == settings
+    assert settings["init_from"] == str(weights / "nir-gnn.safetensors")
+    assert settings["time_budget"] == 3000 and settings["threads"] == 1
+    assert settings["seed"] == 8  # new patches for each continuation
+    assert settings["ema_bias_correction"] is True and settings["progress"] is False
+    assert settings["arch"] == load_weights(weights / "nir-gnn.safetensors")[0]["config"]
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["iteration"] == 6 and ckpt["config"]["ema_bias_correction"] is True
     assert ckpt["config"]["init_from"] == str(weights / "nir-gnn.safetensors")
     assert [e["iteration"] for e in _log(run / "log.jsonl") if e["kind"] == "select"] == [3, 6]
     # The validation images are left to finish; the selection rule is declared up front.
-    assert command[command.index("--val-split") + 1] == "none"
+    assert settings["val_split"] == "none"
     assert not [e for e in _log(run / "log.jsonl") if e["kind"] == "val"]
     assert record["selection"] == continuation.SELECTION_RULE
 
@@ -138,8 +144,10 @@ def test_start_runs_the_trainer_with_its_threads(tmp_path, monkeypatch):
     assert code == 0
     assert seen["env"]["NUMBA_NUM_THREADS"] == seen["env"]["OMP_NUM_THREADS"] == "3"
     argv = seen["argv"]
-    assert argv[argv.index("--time-budget") + 1] == "1740"
-    assert argv[argv.index("--features") + 1] == "24"  # the architecture of the weights
+    assert argv[1:5] == ["-m", "pyg_lecc.nir.cli", "train", "--config"]
+    settings = json.loads(Path(argv[5]).read_text())
+    assert settings["time_budget"] == 1740 and settings["threads"] == 3
+    assert settings["arch"]["features"] == 24  # the architecture of the weights
 
 
 def test_start_refuses_git_trees_late_stop_times_and_used_folders(tmp_path):
@@ -481,3 +489,26 @@ def test_finish_selects_and_ships_by_the_rule_the_run_declared(copies, monkeypat
     row = (weights / "MODEL_CARD.md").read_text().splitlines()[-1]
     expected = "17.00 / 0.520 (EMA)" if declared else "17.10 / 0.500 (raw)"
     assert f"| {expected} | 17.05 / 0.500 |" in row
+
+
+def test_finish_reads_an_old_run_folder(copies):
+    # As the previous start wrote it: the trainer's options in the recorded command and no
+    # train.json, and a checkpoint whose config has the architecture at the top level and
+    # no register (so the run trained on the pairs as stored).
+    weights, run = copies
+    record = json.loads((run / "continue.json").read_text())
+    del record["train_config"]
+    record["command"] = "pyg-lecc train --data d --model nir-gnn --features 6 --rank 2"
+    (run / "continue.json").write_text(json.dumps(record))
+    (run / "train.json").unlink()
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    arch = ckpt["config"].pop("arch")
+    del ckpt["config"]["register"]
+    ckpt["config"].update({k: arch[k] for k in ("features", "rank", "k", "layers_per_block")})
+    torch.save(ckpt, run / "checkpoint.pt")
+    config = continuation._run_config(ckpt, run, None)
+    assert config.arch == TINY_ARCH and config.register is False
+    result = finish(run, weights, weights / "MODEL_CARD.md", now=NOW)
+    meta = json.loads((run / "nir-gnn.json").read_text())
+    assert meta["command"] == record["command"] and "train_config" not in meta["lineage"][-1]
+    assert result["iterations"] == 6

@@ -13,7 +13,7 @@ import torch
 from training_helpers import _make_data
 
 from pyg_lecc.nir.data import find_pairs, pack_dataset
-from pyg_lecc.nir.models import load_weights, nir_gnn, save_weights
+from pyg_lecc.nir.hub import load_weights, nir_gnn, save_weights
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("device_run", REPO / "scripts" / "device_run.py")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyg_lecc import inference
+from pyg_lecc.nir import inference
 from pyg_lecc.nir.data import ImageReadError, read_nir
+from pyg_lecc.nir.hub import save_weights
 from pyg_lecc.nir.inference import (
     _axis_tiles,
     colorize,
@@ -17,7 +18,7 @@ from pyg_lecc.nir.inference import (
     resolve_weights,
     sample_pairs,
 )
-from pyg_lecc.nir.models import NIRGNN, save_weights
+from pyg_lecc.nir.models import NIRGNN
 
 # Receptive radius of the tiny models below (layers_per_block=1): three 7x7 convolutions in
 # the widest branch (3 * 3) plus eight 3x3 layers (branch graph layer, HPF conv + layer, two

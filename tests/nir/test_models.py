@@ -13,16 +13,17 @@ from weights_helpers import flip_a_tensor_byte
 import pyg_lecc
 from pyg_lecc import NIRGNN, LightweightECC, LocalNonLocalConv, image_knn_graph
 from pyg_lecc.io.weight_files import write_weights_file
-from pyg_lecc.nir.models import (
+from pyg_lecc.nir import hub, models
+from pyg_lecc.nir.config import NIRGNNConfig
+from pyg_lecc.nir.hub import (
     default_weights_path,
     get_model,
     list_models,
     load_weights,
-    matched_cnn_features,
     model_from_weights,
-    num_parameters,
     save_weights,
 )
+from pyg_lecc.nir.models import matched_cnn_features, num_parameters
 
 TINY = dict(features=6, rank=2, k=4, layers_per_block=1)
 
@@ -97,9 +98,9 @@ def test_global_residual():
 def test_matched_cnn_width():
     width = matched_cnn_features(12, rank=2)
     with torch.device("meta"):
-        gnn = num_parameters(NIRGNN(12, rank=2))
+        gnn = num_parameters(NIRGNN(features=12, rank=2))
         counts = {
-            f: num_parameters(NIRGNN(f, rank=2, non_local=False))
+            f: num_parameters(NIRGNN(features=f, rank=2, non_local=False))
             for f in (3, 6, 9, 12, 15, 18, 21, 24)
         }
     assert abs(counts[width] - gnn) == min(abs(c - gnn) for c in counts.values())
@@ -344,3 +345,101 @@ def test_weights_labelled_as_the_other_model_are_refused(tmp_path, label, non_lo
         load_weights(path)
     with pytest.raises(ValueError, match=rf"a {kind} \(non_local={non_local}\), not a '{label}'"):
         save_weights(model, label, path)
+
+
+# --------------------------------------------------------------------------------------------
+# The architecture schema (NIRGNNConfig) and the hub
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "must"),
+    [
+        ("features", 10, "a positive multiple of 3"),
+        ("features", 0, "a positive multiple of 3"),
+        ("rank", 0, "an integer of at least 1"),
+        ("rank", 2.0, "an integer of at least 1"),
+        ("k", True, "an integer of at least 1"),
+        ("layers_per_block", "3", "an integer of at least 1"),
+        ("delta", 0.0, "a positive finite number"),
+        ("delta", float("inf"), "a positive finite number"),
+        ("non_local", 1, "True or False"),
+    ],
+)
+def test_config_errors_name_the_field(field, value, must):
+    with pytest.raises(ValueError, match=rf"NIRGNNConfig: {field} must be {must}, got "):
+        NIRGNNConfig(**{field: value})
+    with pytest.raises(ValueError, match=rf"{field} must be {must}"):
+        NIRGNN(**{field: value})
+
+
+def test_config_is_the_model_architecture():
+    arch = NIRGNNConfig(features=6, rank=2, k=4, layers_per_block=1)
+    model = NIRGNN(arch)
+    assert model.arch == arch and model.config() == arch.to_dict()
+    assert NIRGNN(**TINY).arch == arch  # keyword arguments build the same config
+    assert NIRGNN(arch, rank=3).arch.rank == 3  # and replace its fields
+    assert list(arch.to_dict()) == [
+        "features",
+        "rank",
+        "delta",
+        "k",
+        "non_local",
+        "layers_per_block",
+    ]
+    assert NIRGNNConfig(delta=10).delta == 10.0 and isinstance(NIRGNNConfig(delta=10).delta, float)
+
+
+def test_config_from_a_header_refuses_unknown_keys_and_wrong_types():
+    config = NIRGNNConfig().to_dict()
+    assert NIRGNNConfig.from_dict(config, "w.safetensors") == NIRGNNConfig()
+    with pytest.raises(ValueError, match=r"w\.st is damaged: unknown config key\(s\) \['colour'\]"):
+        NIRGNNConfig.from_dict({**config, "colour": 1}, "w.st")
+    with pytest.raises(ValueError, match=r"w\.st is damaged: config lacks \['delta'\]"):
+        NIRGNNConfig.from_dict({k: v for k, v in config.items() if k != "delta"}, "w.st")
+    with pytest.raises(ValueError, match=r"w\.st is damaged: invalid config value rank='4'"):
+        NIRGNNConfig.from_dict({**config, "rank": "4"}, "w.st")
+    with pytest.raises(ValueError, match=r"w\.st is damaged: 'config' is not a dict, got list"):
+        NIRGNNConfig.from_dict([1], "w.st")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_header_round_trip(tmp_path, suffix):
+    model = NIRGNN(**TINY, delta=5.0)
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".pt":  # the archive format of older versions, with the config they wrote
+        state = model.state_dict()
+        torch.save({"model": "nir-gnn", "config": model.config(), "state_dict": state}, path)
+    else:
+        save_weights(model, "nir-gnn", path)
+    meta, _ = load_weights(path)
+    assert meta["config"] == model.config()
+    assert NIRGNNConfig.from_dict(meta["config"], path) == model.arch
+    assert model_from_weights(path)[0].arch == model.arch
+
+
+@pytest.mark.parametrize("name", ["nir-gnn", "cnn"])
+def test_shipped_weights_load_with_the_config_of_their_card(name):
+    path = default_weights_path(name)
+    before = path.read_bytes()
+    model = get_model(name, weights="default")
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert model.arch == NIRGNNConfig(**card["config"])
+    assert path.read_bytes() == before  # loading never rewrites them
+
+
+def test_names_moved_to_the_hub_still_import_from_models_with_a_warning():
+    with pytest.warns(DeprecationWarning, match=r"pyg_lecc\.nir\.hub\.load_weights"):
+        assert models.load_weights is hub.load_weights
+    assert set(models._MOVED_TO_HUB) <= set(hub.__all__)
+    with pytest.raises(AttributeError):
+        models.no_such_name  # noqa: B018
+    assert pyg_lecc.nir_gnn is hub.nir_gnn and pyg_lecc.NIRGNN is NIRGNN
+
+
+def test_state_mismatch_is_one_short_line():
+    state = NIRGNN(**TINY).state_dict()
+    assert hub.state_mismatch(state, state) == ""
+    wider = NIRGNN(**{**TINY, "features": 9}).state_dict()
+    message = hub.state_mismatch(state, wider)
+    assert message.startswith("tensors of the wrong shape or type (") and "\n" not in message

@@ -28,17 +28,20 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pyg_lecc.nir.config import NIRGNNConfig, option_fields
 from pyg_lecc.nir.data import (
     find_pairs,
     load_pair,
@@ -49,6 +52,7 @@ from pyg_lecc.nir.data import (
     write_file_atomic,
     write_rgb_png,
 )
+from pyg_lecc.nir.hub import list_models
 from pyg_lecc.nir.inference import (
     DEFAULT_CONTEXT,
     DEFAULT_SEARCH_WINDOW,
@@ -61,16 +65,16 @@ from pyg_lecc.nir.inference import (
     sample_pairs,
 )
 from pyg_lecc.nir.metrics import METRIC_KEYS, evaluate_pair, summarize
-from pyg_lecc.nir.models import list_models
 from pyg_lecc.nir.training import (
     AMP_MODES,
     COMPILE_MODES,
     SCHEDULES,
     TrainConfig,
+    honour_sigint,
     limit_numba_threads,
+    stored_settings,
     train,
 )
-from pyg_lecc.nir.training.signals import _honour_sigint
 
 __all__ = ["build_parser", "main"]
 
@@ -150,8 +154,10 @@ def _add_tiling(parser: argparse.ArgumentParser, tile: int) -> None:
     )
 
 
-def _add_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder")
+def _add_data(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--data", required=required, type=Path, metavar="DIR", help="data set folder"
+    )
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -177,42 +183,59 @@ def _add_model_choice(parser: argparse.ArgumentParser, weights_required: bool) -
     _add_device(parser)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``pyg-lecc``."""
+def build_parser(train_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``pyg-lecc``.
+
+    Args:
+        train_defaults (dict, optional): Defaults of ``train``'s destinations that replace
+            the built-in ones (the settings of a ``--config`` file). (default: :obj:`None`)
+    """
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="NIR image colorization with NIR-GNN (graph-convolutional) and its CNN "
         "baseline.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_train_command(sub)
+    _add_train_command(sub, train_defaults or {})
     _add_pack_data_command(sub)
     _add_evaluate_command(sub)
     _add_colorize_command(sub)
     return parser
 
 
-def _add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    # Defaults are those of pyg_lecc.nir.training.TrainConfig (the paper's recipe).
+def _add_train_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], defaults: dict[str, Any]
+) -> None:
+    # Destinations are the names of TrainConfig's fields (and of NIRGNNConfig's for the
+    # architecture), so that _train_config maps them generically; defaults are TrainConfig's.
     p = sub.add_parser(
         "train",
         help="train a model",
         description="Train NIR-GNN or the CNN "
-        "baseline with the paper's recipe (Adam, MSE, 42x42 patches).",
+        "baseline with the paper's recipe (Adam, MSE, 42x42 patches). With --model cnn, the "
+        "architecture options describe the NIR-GNN whose parameter count the CNN matches.",
     )
-    _add_data(p)
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="read the settings from FILE, a JSON object of the fields of "
+        "pyg_lecc.nir.training.TrainConfig (TrainConfig.to_dict(); missing ones take their "
+        "defaults); options given on the command line override it",
+    )
+    _add_data(p, required=False)
     p.add_argument("--model", choices=list_models(), default="nir-gnn", help="(default: nir-gnn)")
-    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output folder")
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="output folder")
     for flag, kind, default, text in (
         ("--iters", _int_at_least(1), 300_000, "training iterations"),
         ("--batch-size", _int_at_least(1), 10, "patches per batch"),
         ("--patch", _int_at_least(1), 42, "side of the training patches"),
         ("--lr", _positive_float, 1e-4, "initial learning rate"),
         ("--lr-end", _positive_float, 1e-5, "final learning rate (exponential decay)"),
-        ("--features", _int_at_least(3), 99, "width F (for cnn: the NIR-GNN width to match)"),
-        ("--rank", _int_at_least(1), 11, "rank of the lightweight ECC"),
-        ("--k", _int_at_least(1), 8, "non-local neighbours per pixel"),
-        ("--layers-per-block", _int_at_least(1), 3, "graph layers per HPF/LPF block"),
+    ):
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default:g})")
+    _add_arch_options(p)
+    for flag, kind, default, text in (
         ("--seed", _int_at_least(0), 0, "random seed"),
         ("--val-every", _int_at_least(1), 1000, "validate every N iterations"),
         ("--ckpt-every", _int_at_least(1), 200, "checkpoint every N iterations"),
@@ -229,7 +252,7 @@ def _add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument(
         "--threads", type=_int_at_least(1), default=None, help="CPU threads (default: all cores)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument(
         "--register",
         action=argparse.BooleanOptionalAction,
@@ -239,7 +262,46 @@ def _add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     _add_train_budget_options(p)
     _add_train_selection_options(p)
-    p.set_defaults(handler=_cmd_train)
+    p.set_defaults(handler=_cmd_train, **defaults)
+
+
+def _add_arch_options(p: argparse.ArgumentParser) -> None:
+    """One option of ``train`` per field of :func:`~pyg_lecc.nir.config.option_fields`, with
+    its type, default, check and help (``--layers-per-block`` for ``layers_per_block``)."""
+    for f in option_fields():
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})",
+            )
+        else:
+            p.add_argument(
+                flag,
+                type=_checked_value(f),
+                default=f.default,
+                help=f"{f.metadata['help']} (default: {f.default:g})",
+            )
+
+
+def _checked_value(f: dataclasses.Field) -> Callable[[str], Any]:
+    # Parses an option's text as the field's type (int or float) and applies its check.
+    kind = {"int": int, "float": float}[str(f.type)]
+    expected = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        must = f.metadata["check"](value)
+        if must is not None:
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return value
+
+    return parse
 
 
 def _add_train_budget_options(p: argparse.ArgumentParser) -> None:
@@ -460,49 +522,42 @@ def _write_json(path: Path, payload: dict[str, Any], overwrite: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of ``train``'s parsed options, whose destinations are the
+    fields' names (those of the architecture gathered into ``arch``)."""
+    values = vars(args)
+    if values.get("data") is None or values.get("out") is None:
+        raise ValueError(
+            "train needs --data and --out, on the command line or in the --config file"
+        )
+    arch = {f.name: values[f.name] for f in fields(NIRGNNConfig) if f.name in values}
+    settings = {f.name: values[f.name] for f in fields(TrainConfig) if f.name in values}
+    return TrainConfig(**settings, arch=NIRGNNConfig(**arch))
+
+
+def _config_file_defaults(path: Path) -> dict[str, Any]:
+    """The settings of a ``train --config`` file as defaults of ``train``'s destinations."""
+    try:
+        stored = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"the --config file {path} is not valid JSON: {err}") from err
+    if not isinstance(stored, dict):
+        raise ValueError(f"the --config file {path} does not hold a JSON object")
+    # A file is written whole, by hand or by a tool of this version: no legacy values.
+    settings = stored_settings(stored, path, legacy=False)
+    return {**settings.pop("arch").to_dict(), **settings}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    _honour_sigint()  # the trainer's kill -INT works from the start, whatever it inherited
-    config = TrainConfig(
-        data=args.data,
-        out=args.out,
-        model=args.model,
-        features=args.features,
-        rank=args.rank,
-        k=args.k,
-        layers_per_block=args.layers_per_block,
-        iters=args.iters,
-        batch_size=args.batch_size,
-        patch=args.patch,
-        lr=args.lr,
-        lr_end=args.lr_end,
-        seed=args.seed,
-        device=args.device,
-        resume=args.resume,
-        val_every=args.val_every,
-        ckpt_every=args.ckpt_every,
-        val_split=args.val_split,
-        threads=args.threads,
-        progress=not args.no_progress,
-        schedule=args.schedule,
-        warmup=args.warmup,
-        time_budget=args.time_budget,
-        init_from=args.init_from,
-        amp=args.amp,
-        ema=args.ema,
-        holdout=args.holdout,
-        bn_batches=args.bn_batches,
-        holdout_pairs=args.holdout_pairs,
-        ema_bias_correction=args.ema_bias_correction,
-        compile=args.compile,
-        register=args.register,
-    )
-    if args.threads is not None:
-        limit_numba_threads(args.threads)  # no idle Numba worker spinning on another core
+    honour_sigint()  # the trainer's kill -INT works from the start, whatever it inherited
+    config = _train_config(args)
+    if config.threads is not None:
+        limit_numba_threads(config.threads)  # no idle Numba worker spinning on another core
     summary = train(config)
     stopped = " (time budget reached)" if summary.get("stopped") == "time_budget" else ""
     print(
-        f"training done: {summary.get('iterations')} of {args.iters} iterations{stopped}, "
-        f"run folder {args.out}"
+        f"training done: {summary.get('iterations')} of {config.iters} iterations{stopped}, "
+        f"run folder {config.out}"
     )
     for key in ("weights", "checkpoint", "log"):
         if summary.get(key):
@@ -669,6 +724,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already reported by argparse
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
+        if getattr(args, "config", None) is not None:
+            # Parsed again with the file's settings as defaults: given options override them.
+            args = build_parser(_config_file_defaults(args.config)).parse_args(argv)
         return int(args.handler(args))
     except (OSError, ValueError) as err:
         # Bad input: missing / unreadable / existing files, unpairable data, invalid values

@@ -3,10 +3,11 @@
 Two steps, run from the command line by ``scripts/train_continue.py``:
 
 - :func:`start` continues weights (by default the shipped ``nir-gnn.safetensors``) with
-  ``pyg-lecc train --init-from`` in a run folder outside the git work tree, on an explicit
-  number of CPU threads, for a time budget that ends ``margin`` before a stop time: warm-up,
-  cosine decay over the budget, a bias-corrected weight average (EMA) with recomputed
-  BatchNorm statistics, and selection on the committed held-out training pairs
+  ``pyg-lecc train --config train.json`` (a :class:`~pyg_lecc.nir.training.TrainConfig` with
+  ``init_from``, :data:`TRAIN_CONFIG_NAME`) in a run folder outside the git work tree, on an
+  explicit number of CPU threads, for a time budget that ends ``margin`` before a stop
+  time: warm-up, cosine decay over the budget, a bias-corrected weight average (EMA) with
+  recomputed BatchNorm statistics, and selection on the committed held-out training pairs
   (:data:`pyg_lecc.nir.training.DEFAULT_HOLDOUT_PAIRS`). It writes ``continue.json`` (what
   started, from which weights, on which machine) and then becomes the trainer (``exec``), so
   ``kill -INT <pid>`` reaches it directly: it checkpoints and stops. The trainer holds a lock
@@ -45,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -65,21 +67,29 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 from pyg_lecc.io.atomic import atomic_copy, write_atomically
+from pyg_lecc.nir.config import NIRGNNConfig
 from pyg_lecc.nir.data import PairedImageDataset, find_pairs, load_pair
+from pyg_lecc.nir.hub import default_weights_path, load_weights, model_from_weights, save_weights
 from pyg_lecc.nir.inference import DEFAULT_SEARCH_WINDOW, colorize
 from pyg_lecc.nir.metrics import METRIC_KEYS, evaluate_pair, summarize
-from pyg_lecc.nir.models import NIRGNN, load_weights, model_from_weights, nir_gnn, save_weights
-from pyg_lecc.nir.training import CHECKPOINT_NAME, LOG_NAME, TrainConfig, limit_numba_threads
-from pyg_lecc.nir.training.averaging import _bn_batches
-from pyg_lecc.nir.training.checkpoint import _load_checkpoint
-from pyg_lecc.nir.training.config import LEGACY_VALUES
-from pyg_lecc.nir.training.holdout import _holdout_indices
+from pyg_lecc.nir.models import NIRGNN
+from pyg_lecc.nir.training import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    TrainConfig,
+    bn_recalibration_batches,
+    build_model,
+    holdout_indices,
+    limit_numba_threads,
+    load_checkpoint,
+)
 
 __all__ = [
     "DEFAULT_MARGIN_S",
     "LEDGER_HEADING",
     "LOCK_NAME",
     "RECORD_NAME",
+    "TRAIN_CONFIG_NAME",
     "Recipe",
     "finish",
     "main",
@@ -90,6 +100,8 @@ __all__ = [
 MODEL = "nir-gnn"
 RECORD_NAME = "continue.json"
 """What :func:`start` records in the run folder."""
+TRAIN_CONFIG_NAME = "train.json"
+"""The trainer's settings in the run folder (``pyg-lecc train --config``)."""
 OUTPUT_LOG_NAME = "train.out"
 """The trainer's standard output and error, in the run folder."""
 LOCK_NAME = "trainer.lock"
@@ -187,24 +199,34 @@ def start(
     replace_process: bool = True,
     now: datetime | None = None,
 ) -> int:
-    """Starts a continuation of ``weights`` in ``out`` that trains until ``until - margin_s``.
+    r"""Starts a continuation of ``weights`` in ``out`` that trains until ``until - margin_s``.
+
+    The trainer's :class:`~pyg_lecc.nir.training.TrainConfig` is written to
+    :data:`TRAIN_CONFIG_NAME` in ``out`` and run as ``pyg-lecc train --config``.
 
     Args:
-        data: The data set (its train split trains, its held-out pairs select).
-        out: A new run folder, outside any git work tree.
-        until: The stop time (aware, or naive local time).
-        threads: CPU threads of the trainer (also its ``OMP_NUM_THREADS`` and
+        data (Path): The data set (its train split trains, its held-out pairs select).
+        out (Path): A new run folder, outside any git work tree.
+        until (datetime): The stop time (aware, or naive local time).
+        threads (int): CPU threads of the trainer (also its ``OMP_NUM_THREADS`` and
             ``NUMBA_NUM_THREADS``).
-        weights: NIR-GNN weights to continue; their cumulative iterations are read from the
-            ``.json`` next to them (``iterations``) unless ``iterations_before`` is given.
-        margin_s: Seconds before ``until`` at which training stops, for the trainer's final
-            validation and :func:`finish`.
-        recipe: Training settings (default: :class:`Recipe`).
-        seed: Seed of the patch sampler (default: ``iterations_before``, so that successive
-            continuations draw other patches).
-        iterations_before: Cumulative training iterations of ``weights``.
-        replace_process: Become the trainer (``exec``); otherwise run it as a child process
-            and wait for it.
+        weights (Path): NIR-GNN weights to continue; their cumulative iterations are read
+            from the ``.json`` next to them (``iterations``) unless ``iterations_before`` is
+            given.
+        margin_s (float, optional): Seconds before ``until`` at which training stops, for
+            the trainer's final validation and :func:`finish`.
+            (default: :data:`DEFAULT_MARGIN_S`)
+        recipe (Recipe, optional): Training settings (:obj:`None`: :class:`Recipe`).
+            (default: :obj:`None`)
+        seed (int, optional): Seed of the patch sampler (:obj:`None`:
+            ``iterations_before``, so that successive continuations draw other patches).
+            (default: :obj:`None`)
+        iterations_before (int, optional): Cumulative training iterations of ``weights``.
+            (default: :obj:`None`)
+        replace_process (bool, optional): Become the trainer (``exec``); otherwise run it as
+            a child process and wait for it. (default: :obj:`True`)
+        now (datetime, optional): The current time (:obj:`None`: the clock's).
+            (default: :obj:`None`)
 
     Returns:
         The trainer's exit code (only without ``replace_process``).
@@ -240,8 +262,10 @@ def start(
                 "'iterations') next to it: give its cumulative iterations (--iterations-before)"
             )
     seed = iterations_before if seed is None else seed
-    _check_data(Path(data), recipe)
-    argv = _train_argv(data, out, weights, meta["config"], recipe, budget, threads, seed)
+    config = _train_config(data, out, weights, meta["config"], recipe, budget, threads, seed)
+    _check_data(config)
+    argv = [sys.executable, "-m", "pyg_lecc.nir.cli", "train"]
+    argv += ["--config", str(out / TRAIN_CONFIG_NAME)]
     record = {
         "format": _RECORD_FORMAT,
         "started": now.isoformat(timespec="seconds"),
@@ -256,10 +280,11 @@ def start(
         "iterations_before": iterations_before,
         "previous_metadata": previous,
         "command": shlex.join(["pyg-lecc", *argv[3:]]),
+        "train_config": config.to_dict(),
         "lock": LOCK_NAME,
         "selection": SELECTION_RULE,  # declared before the run, applied by finish
     }
-    lock = _create_run(out, record)
+    lock = _create_run(out, record, config)
     if replace_process:
         # An ignored SIGINT (a script's `start ... &`) would stay ignored through exec.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -285,29 +310,29 @@ def start(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _check_data(data: Path, recipe: Recipe) -> None:
+def _check_data(config: TrainConfig) -> None:
     """Reads what the trainer reads first (the training pairs and the held-out ones), so that
     a bad ``--data`` fails here with its reason rather than in ``train.out``."""
-    train_set = PairedImageDataset(data, "train", preload=False)
-    if recipe.holdout_pairs is not None:
-        config = TrainConfig(data=data, out=data, holdout_pairs=recipe.holdout_pairs)
-        _holdout_indices(train_set, config)
+    train_set = PairedImageDataset(config.data, "train", preload=False)
+    holdout_indices(train_set, config)
 
 
-def _create_run(out: Path, record: dict[str, Any]) -> int:
-    """Creates the run folder with its locked lock file and ``record``; returns the lock's
-    file descriptor, inheritable so that the trainer holds the lock until it ends. On error
-    nothing is left behind."""
+def _create_run(out: Path, record: dict[str, Any], config: TrainConfig) -> int:
+    """Creates the run folder with its locked lock file, ``record`` and the trainer's
+    ``config``; returns the lock's file descriptor, inheritable so that the trainer holds the
+    lock until it ends. On error nothing is left behind."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new folder: nobody else holds it
         os.set_inheritable(lock, True)
+        _write_text(out / TRAIN_CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
         _write_text(out / RECORD_NAME, json.dumps(record, indent=2) + "\n")
     except BaseException:
         os.close(lock)
-        (out / LOCK_NAME).unlink(missing_ok=True)
+        for name in (LOCK_NAME, TRAIN_CONFIG_NAME):
+            (out / name).unlink(missing_ok=True)
         if created:
             out.rmdir()
         raise
@@ -325,7 +350,7 @@ def _lock_held(path: Path) -> bool:
     return False  # closing the file released the probe
 
 
-def _train_argv(
+def _train_config(
     data: Path,
     out: Path,
     weights: Path,
@@ -334,37 +359,24 @@ def _train_argv(
     budget: float,
     threads: int,
     seed: int,
-) -> list[str]:
-    options: dict[str, Any] = {
-        "data": Path(data).absolute(),
-        "model": MODEL,
-        "out": out,
-        "init-from": weights,
-        "features": arch["features"],
-        "rank": arch["rank"],
-        "k": arch["k"],
-        "layers-per-block": arch["layers_per_block"],
-        "iters": recipe.iters,
-        "batch-size": recipe.batch_size,
-        "patch": recipe.patch,
-        "lr": recipe.lr,
-        "lr-end": recipe.lr_end,
-        "schedule": "cosine",
-        "warmup": recipe.warmup,
-        "ema": recipe.ema,
-        "bn-batches": recipe.bn_batches,
-        "holdout-pairs": recipe.holdout_pairs,
-        "val-every": recipe.val_every,
-        "val-split": "none",  # the validation images are scored once, by finish
-        "ckpt-every": recipe.ckpt_every,
-        "time-budget": round(budget),
-        "threads": threads,
-        "seed": seed,
-    }
-    argv = [sys.executable, "-m", "pyg_lecc.nir.cli", "train"]
-    for name, value in options.items():
-        argv += [f"--{name}", str(value)]
-    return [*argv, "--ema-bias-correction", "--no-progress"]
+) -> TrainConfig:
+    """The trainer's settings: ``recipe`` from ``weights`` (of architecture ``arch``), for
+    ``budget`` seconds with a cosine decay and a bias-corrected average."""
+    return TrainConfig(
+        data=Path(data).absolute(),
+        out=out,
+        model=MODEL,
+        arch=NIRGNNConfig(**arch),
+        init_from=weights,
+        schedule="cosine",
+        val_split="none",  # the validation images are scored once, by finish
+        time_budget=float(round(budget)),
+        threads=threads,
+        seed=seed,
+        progress=False,
+        ema_bias_correction=True,
+        **dataclasses.asdict(recipe),
+    )
 
 
 def refuse_inside_git(path: Path) -> None:
@@ -439,17 +451,27 @@ def finish(
     threads: int = 1,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Picks a stopped run's weights, ships them if they beat ``weights_dir``'s, and records it.
+    r"""Picks a stopped run's weights, ships them if they beat ``weights_dir``'s, and records it.
+
+    Run folders of older versions of :func:`start` (the trainer's options in the recorded
+    command, a checkpoint of an older :class:`~pyg_lecc.nir.training.TrainConfig` form) are
+    read as what they ran (:func:`~pyg_lecc.nir.training.stored_settings`).
 
     Args:
-        run: A run folder of :func:`start` whose trainer has stopped.
-        weights_dir: Folder of the shipped ``nir-gnn.safetensors``, ``nir-gnn.json`` and
-            ``nir-gnn.log.jsonl``.
-        model_card: The model card (Markdown) whose training ledger gets a row.
-        figure: The README figure to draw again when the weights are replaced (``None``:
-            not drawn); ``figure_script`` is ``examples/nir_colorize.py``.
-        data: The data set, if not where the run read it.
-        threads: CPU threads of the evaluation (and of the figure's process).
+        run (Path): A run folder of :func:`start` whose trainer has stopped.
+        weights_dir (Path): Folder of the shipped ``nir-gnn.safetensors``, ``nir-gnn.json``
+            and ``nir-gnn.log.jsonl``.
+        model_card (Path): The model card (Markdown) whose training ledger gets a row.
+        figure (Path, optional): The README figure to draw again when the weights are
+            replaced (:obj:`None`: not drawn). (default: :obj:`None`)
+        figure_script (Path, optional): ``examples/nir_colorize.py``, which draws it.
+            (default: :obj:`None`)
+        data (Path, optional): The data set, if not where the run read it.
+            (default: :obj:`None`)
+        threads (int, optional): CPU threads of the evaluation (and of the figure's
+            process). (default: :obj:`1`)
+        now (datetime, optional): The current time (:obj:`None`: the clock's).
+            (default: :obj:`None`)
 
     Returns:
         ``selected`` (``"raw"`` or ``"ema"``), ``holdout`` (held-out metrics of each
@@ -476,7 +498,7 @@ def finish(
             f"(interrupted or failed, see {run / OUTPUT_LOG_NAME}), so there is nothing to "
             "finish; start a new run"
         )
-    ckpt = _load_checkpoint(run / CHECKPOINT_NAME)
+    ckpt = load_checkpoint(run / CHECKPOINT_NAME)
     config = _run_config(ckpt, run, data)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -555,13 +577,14 @@ def _trainer_alive(run: Path, pid: Any) -> bool:
 
 
 def _run_config(ckpt: dict[str, Any], run: Path, data: Path | None) -> TrainConfig:
-    stored = ckpt["config"]
-    names = set(TrainConfig.__dataclass_fields__) - {"data", "out", "init_from", "resume"}
-    settings = {name: stored[name] for name in names if name in stored}
-    # Options newer than the run's trainer: the value it trained with (e.g. unregistered pairs).
-    settings |= {name: value for name, value in LEGACY_VALUES.items() if name not in stored}
-    settings.update(device="cpu", threads=None)
-    return TrainConfig(data=data or Path(stored["data"]), out=run, **settings)
+    """The configuration the run's trainer had (in whichever form its version stored it),
+    evaluated here on the CPU; ``data`` if given replaces the stored folder."""
+    changes: dict[str, Any] = dict(
+        out=run, init_from=None, resume=False, device="cpu", threads=None
+    )
+    if data is not None:
+        changes["data"] = data
+    return TrainConfig.from_dict(ckpt["config"], run / CHECKPOINT_NAME, **changes)
 
 
 def _evaluation_data(config: TrainConfig) -> tuple[_Pairs, _Pairs, PairedImageDataset]:
@@ -570,7 +593,7 @@ def _evaluation_data(config: TrainConfig) -> tuple[_Pairs, _Pairs, PairedImageDa
     every = PairedImageDataset(config.data, "train", preload=False, register=config.register)
     if not config.holdout and config.holdout_pairs is None:
         raise ValueError("the run held out no training pairs: nothing to select on")
-    held = _holdout_indices(every, config)
+    held = holdout_indices(every, config)
     kept = sorted(set(range(len(every))) - set(held))
     held_out = [_as_arrays(*every[i]) for i in held]
     validation = [(pair.name, *load_pair(pair)) for pair in find_pairs(config.data, "validation")]
@@ -616,18 +639,13 @@ def _candidates(
         prefix = "module."
         state = {k[len(prefix) :]: v for k, v in ckpt["ema"].items() if k.startswith(prefix)}
         averaged = _model(config, state)
-        update_bn(_bn_batches(train_set, config), averaged)
+        update_bn(bn_recalibration_batches(train_set, config), averaged)
         candidates["ema"] = averaged
     return candidates
 
 
 def _model(config: TrainConfig, state: dict[str, Any]) -> NIRGNN:
-    net = nir_gnn(
-        features=config.features,
-        rank=config.rank,
-        k=config.k,
-        layers_per_block=config.layers_per_block,
-    )
+    net = build_model(config)
     net.load_state_dict(state)
     return net.eval()
 
@@ -671,6 +689,8 @@ def _metadata(
         "iterations": iterations,
         "wall_time_s": round(elapsed, 1),
         "command": record["command"],
+        # The trainer's settings (runs of an older start have their options in "command").
+        **({"train_config": record["train_config"]} if "train_config" in record else {}),
         "selected": label,
         "holdout": _rounded(held),
         "validation": _rounded(val),
@@ -791,8 +811,6 @@ def _positive_int(text: str) -> int:
 def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
     """The parser of ``train_continue.py``; ``root`` (the repository) gives the figure's
     defaults."""
-    from pyg_lecc.nir.models import default_weights_path
-
     shipped = default_weights_path(MODEL)
     parser = argparse.ArgumentParser(
         prog="train_continue.py",

@@ -39,7 +39,8 @@ from pyg_lecc.nir.data import (
     refuse_existing_outputs,
     write_rgb_png,
 )
-from pyg_lecc.nir.models import NIRGNN, default_weights_path, model_from_weights
+from pyg_lecc.nir.hub import default_weights_path, model_from_weights
+from pyg_lecc.nir.models import NIRGNN
 
 __all__ = [
     "DEFAULT_CONTEXT",
@@ -218,7 +219,7 @@ def colorize(
             is out of range, or ``ensemble`` is not one of :data:`ENSEMBLES`.
 
     Example:
-        >>> from pyg_lecc.nir.models import nir_gnn
+        >>> from pyg_lecc.nir.hub import nir_gnn
         >>> model = nir_gnn(features=6, rank=2, k=4, layers_per_block=1)
         >>> nir = np.random.rand(64, 40).astype(np.float32)
         >>> colorize(model, nir, tile=24, context=8, search_window=9).shape  # 3 tiles
@@ -419,7 +420,7 @@ def load_model(
     which default weights ``weights="default"`` means.
 
     Args:
-        weights: Path of a file written by :func:`~pyg_lecc.nir.models.save_weights`, or
+        weights: Path of a file written by :func:`~pyg_lecc.nir.hub.save_weights`, or
             ``"default"`` for the weights shipped with the package.
         model: ``"nir-gnn"`` or ``"cnn"``.
         device: Device to move the model to.

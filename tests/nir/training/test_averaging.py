@@ -11,7 +11,7 @@ from training_helpers import (
 )
 
 from pyg_lecc.nir.data import PairedImageDataset
-from pyg_lecc.nir.models import get_model, load_weights
+from pyg_lecc.nir.hub import get_model, load_weights
 from pyg_lecc.nir.training import averaging, train
 
 
@@ -36,7 +36,7 @@ def test_ema_weights_are_the_moving_average_of_the_trained_ones(data, tmp_path, 
     config = _config(data, out, model="nir-gnn", iters=4, ema=decay)
     # The trainer's own training set: registered as configured.
     train_set = PairedImageDataset(data, "train", register=config.register)
-    batches = averaging._bn_batches(train_set, config)
+    batches = averaging.bn_recalibration_batches(train_set, config)
     assert len(batches) == config.bn_batches
     update_bn(batches, model)
     stats = [k for k in exported if k.endswith(("running_mean", "running_var"))]

@@ -18,10 +18,10 @@ from training_helpers import (
 )
 from weights_helpers import flip_a_tensor_byte
 
+from pyg_lecc.nir.hub import load_weights
 from pyg_lecc.nir.metrics import METRIC_KEYS
-from pyg_lecc.nir.models import load_weights
 from pyg_lecc.nir.training import loop, train
-from pyg_lecc.nir.training.checkpoint import _CHECKPOINT_FORMAT, _load_checkpoint
+from pyg_lecc.nir.training.checkpoint import _CHECKPOINT_FORMAT, load_checkpoint
 
 
 def test_checkpoint_loads_with_weights_only(data, tmp_path):
@@ -174,7 +174,29 @@ def test_a_checkpoint_with_a_flipped_bit_is_refused(tmp_path):
     buffer = io.BytesIO()
     torch.save({"format": _CHECKPOINT_FORMAT, "model": {"w": torch.randn(64)}}, buffer)
     path.write_bytes(buffer.getvalue())
-    assert _load_checkpoint(path)["format"] == _CHECKPOINT_FORMAT
+    assert load_checkpoint(path)["format"] == _CHECKPOINT_FORMAT
     path.write_bytes(flip_a_tensor_byte(buffer.getvalue()))
     with pytest.raises(ValueError, match=r"cannot load checkpoint .*checksum of member"):
-        _load_checkpoint(path)
+        load_checkpoint(path)
+
+
+def _as_old_checkpoint(path: Path) -> None:
+    """Rewrites a checkpoint's config in the form versions before TrainConfig.arch wrote: the
+    architecture fields at the top level, without delta and non_local."""
+    ckpt = _load(path)
+    arch = ckpt["config"].pop("arch")
+    ckpt["config"].update({k: arch[k] for k in ("features", "rank", "k", "layers_per_block")})
+    torch.save(ckpt, path)
+
+
+def test_a_checkpoint_of_the_old_form_resumes(data, tmp_path):
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    train(_config(data, straight, model="cnn"))
+    train(_config(data, out, model="cnn", iters=6, time_budget=1e-9))
+    _as_old_checkpoint(out / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"rank \(checkpoint: 2, now: 3\)"):
+        train(_config(data, out, model="cnn", rank=3, resume=True))
+    assert train(_config(data, out, model="cnn", resume=True))["iterations"] == 6
+    a, b = _load(straight / "checkpoint.pt"), _load(out / "checkpoint.pt")
+    _assert_states_equal(a["model"], b["model"])
+    assert b["config"]["arch"]["rank"] == 2  # rewritten in today's form

@@ -13,8 +13,8 @@ from training_helpers import (
     _without_times,
 )
 
+from pyg_lecc.nir.hub import load_weights
 from pyg_lecc.nir.metrics import METRIC_KEYS
-from pyg_lecc.nir.models import load_weights
 
 _DDP_SCRIPT = """
 import os, sys
@@ -22,21 +22,22 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 torch.set_num_threads(1)
-from pyg_lecc import training
+from pyg_lecc.nir import training
 from pyg_lecc.nir.data import RandomPatchSampler
 from pyg_lecc.nir.training import loop
+from pyg_lecc.nir.config import NIRGNNConfig
 
 data, root, model, mode = sys.argv[1:5]
 root, rank = Path(root), int(os.environ["RANK"])
 captured = {}
-build, original_sample = loop._build_model, RandomPatchSampler.sample
+build, original_sample = loop.build_model, RandomPatchSampler.sample
 
 def recording_build(config):
     captured["module"] = module = build(config)
     captured["init"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
     return module
 
-loop._build_model = recording_build
+loop.build_model = recording_build
 
 def run(tag, out, resume=False, kill_at=0):
     calls = [0]
@@ -47,7 +48,8 @@ def run(tag, out, resume=False, kill_at=0):
         return original_sample(self)
     RandomPatchSampler.sample = sample
     config = training.TrainConfig(
-        data=data, out=root / out, model=model, features=6, rank=2, k=4, layers_per_block=1,
+        data=data, out=root / out, model=model,
+        arch=NIRGNNConfig(features=6, rank=2, k=4, layers_per_block=1),
         patch=12, batch_size=2, iters=4, ckpt_every=2, val_every=4, lr=1e-2, lr_end=1e-3,
         threads=1, progress=False, resume=resume,
     )

@@ -9,7 +9,7 @@ from training_helpers import (
     _log,
 )
 
-from pyg_lecc import training
+from pyg_lecc.nir import training
 from pyg_lecc.nir.data import PairedImageDataset, RandomPatchSampler
 from pyg_lecc.nir.training import TrainConfig, holdout, train
 
@@ -103,4 +103,4 @@ def test_default_holdout_pairs_are_the_seed_1_split_of_the_vcip_data():
         pytest.skip(f"the VCIP 2020 data is not at {vcip}")
     pairs = PairedImageDataset(vcip, "train", preload=False)
     config = TrainConfig(data=vcip, out=vcip / "unused", holdout=12, seed=1)
-    assert [pairs.pairs[i].name for i in holdout._holdout_indices(pairs, config)] == names
+    assert [pairs.pairs[i].name for i in holdout.holdout_indices(pairs, config)] == names

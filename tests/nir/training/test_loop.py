@@ -16,8 +16,8 @@ from training_helpers import (
     _make_data,
 )
 
+from pyg_lecc.nir.hub import get_model, load_weights
 from pyg_lecc.nir.metrics import METRIC_KEYS
-from pyg_lecc.nir.models import get_model, load_weights
 from pyg_lecc.nir.training import loop, lr_at, train
 
 

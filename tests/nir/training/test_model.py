@@ -8,7 +8,7 @@ from training_helpers import (
 )
 
 from pyg_lecc.io.weight_files import write_weights_file
-from pyg_lecc.nir.models import load_weights
+from pyg_lecc.nir.hub import load_weights
 from pyg_lecc.nir.training import loop, train
 
 
@@ -18,14 +18,14 @@ def test_init_from_starts_from_the_weights_with_a_fresh_optimizer(data, tmp_path
     _, expected = load_weights(first / "weights.safetensors")
 
     started = {}
-    build = loop._build_model
+    build = loop.build_model
 
     def recording_build(config):
         net = build(config)
         started.update({k: v.clone() for k, v in net.state_dict().items()})
         return net
 
-    monkeypatch.setattr(loop, "_build_model", recording_build)
+    monkeypatch.setattr(loop, "build_model", recording_build)
     second = tmp_path / "second"
     init = first / "weights.safetensors"
     summary = train(_config(data, second, model="nir-gnn", iters=3, init_from=init))

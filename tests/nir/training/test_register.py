@@ -100,7 +100,7 @@ def test_finish_reads_a_run_from_before_register_as_unregistered(data, tmp_path)
     from pyg_lecc.nir.continuation import _run_config
 
     config = _config(data, tmp_path / "run", model="nir-gnn", iters=1)
-    stored = {k: v for k, v in vars(config).items() if k != "register"}
+    stored = {k: v for k, v in config.to_dict().items() if k != "register"}
     assert _run_config({"config": stored}, tmp_path / "run", None).register is False
     stored["register"] = True
     assert _run_config({"config": stored}, tmp_path / "run", None).register is True

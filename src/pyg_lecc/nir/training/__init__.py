@@ -25,14 +25,15 @@ model selection, so that the validation split stays a reporting set, as in the p
   ``ckpt_every`` iterations, at the end and on Ctrl-C. It holds only tensors and Python
   literals, so ``torch.load(path, weights_only=True)`` reads it. Keys: ``format``,
   ``iteration``, ``model`` (state dict, BatchNorm buffers included), ``optimizer`` (Adam
-  state dict), ``config`` (:meth:`TrainConfig.to_dict` with absolute paths),
+  state dict), ``config`` (:meth:`TrainConfig.to_dict` with absolute paths, read back by
+  :meth:`TrainConfig.from_dict`, also in the forms older versions wrote),
   ``model_name``, ``world_size``, ``elapsed`` (seconds of training so far, over all
   sessions), ``last_val`` (metrics of the last validation or ``None``), ``sampler_state``
   (rank 0's patch sampler generator state, a ``uint8`` tensor) and ``rank_states`` (one dict
   per process: ``sampler``, ``torch_rng``, ``cuda_rng``, and the running loss sums of the
   log lines).
-- ``weights.safetensors``: the final weights, written with :func:`pyg_lecc.nir.models.save_weights`
-  (load them with :func:`pyg_lecc.nir.models.get_model`): the moving average with ``ema``, and the
+- ``weights.safetensors``: the final weights, written with :func:`pyg_lecc.nir.hub.save_weights`
+  (load them with :func:`pyg_lecc.nir.hub.get_model`): the moving average with ``ema``, and the
   weights of the best selection score with ``holdout``.
 - ``best.safetensors`` (with ``holdout`` only): the weights of the best selection score so far.
 
@@ -59,6 +60,8 @@ Example:
 
 from __future__ import annotations
 
+from pyg_lecc.nir.training.averaging import bn_recalibration_batches
+from pyg_lecc.nir.training.checkpoint import load_checkpoint
 from pyg_lecc.nir.training.config import (
     AMP_MODES,
     BEST_NAME,
@@ -70,11 +73,14 @@ from pyg_lecc.nir.training.config import (
     VAL_SEARCH_WINDOW,
     WEIGHTS_NAME,
     TrainConfig,
+    stored_settings,
 )
 from pyg_lecc.nir.training.distributed import PROCESS_GROUP_TIMEOUT
-from pyg_lecc.nir.training.holdout import DEFAULT_HOLDOUT_PAIRS, read_holdout_pairs
+from pyg_lecc.nir.training.holdout import DEFAULT_HOLDOUT_PAIRS, holdout_indices, read_holdout_pairs
 from pyg_lecc.nir.training.loop import train
+from pyg_lecc.nir.training.model import build_model
 from pyg_lecc.nir.training.schedule import lr_at
+from pyg_lecc.nir.training.signals import honour_sigint
 from pyg_lecc.nir.training.threads import limit_numba_threads
 
 __all__ = [
@@ -90,8 +96,14 @@ __all__ = [
     "VAL_SEARCH_WINDOW",
     "WEIGHTS_NAME",
     "TrainConfig",
+    "bn_recalibration_batches",
+    "build_model",
+    "holdout_indices",
+    "honour_sigint",
     "limit_numba_threads",
+    "load_checkpoint",
     "lr_at",
     "read_holdout_pairs",
+    "stored_settings",
     "train",
 ]

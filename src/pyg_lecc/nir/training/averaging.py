@@ -12,10 +12,25 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from pyg_lecc.nir.data import PairedImageDataset, RandomPatchSampler
 from pyg_lecc.nir.training.config import TrainConfig
 
+__all__ = ["bn_recalibration_batches"]
 
-def _bn_batches(train_set: PairedImageDataset, config: TrainConfig) -> list[Tensor]:
-    """The fixed NIR batches on which BatchNorm statistics of averaged weights are recomputed
-    (their own generator: the training sampler's random stream is untouched)."""
+
+def bn_recalibration_batches(train_set: PairedImageDataset, config: TrainConfig) -> list[Tensor]:
+    r"""The fixed NIR batches on which the BatchNorm statistics of averaged weights are
+    recomputed before each validation (``config.ema``), also by
+    :func:`pyg_lecc.nir.continuation.finish`.
+
+    They are drawn by their own generator, seeded by ``config.seed``, so the training
+    sampler's random stream is untouched and every call gives the same batches.
+
+    Args:
+        train_set (PairedImageDataset): The training pairs (without the held-out ones).
+        config (TrainConfig): The run: ``patch``, ``batch_size``, ``seed`` and
+            ``bn_batches`` (the number of batches).
+
+    Returns:
+        ``config.bn_batches`` NIR batches of shape ``(batch_size, 1, patch, patch)``.
+    """
     sampler = RandomPatchSampler(
         train_set,
         patch_size=config.patch,

@@ -14,16 +14,19 @@ import torch
 
 from pyg_lecc.io.atomic import write_atomically
 from pyg_lecc.io.weight_files import check_archive_checksums
+from pyg_lecc.nir.config import NIRGNNConfig
 from pyg_lecc.nir.training.config import (
     BEST_NAME,
     CHECKPOINT_NAME,
-    LEGACY_VALUES,
     LOG_NAME,
     RESUME_FIELDS,
     WEIGHTS_NAME,
     TrainConfig,
+    stored_settings,
 )
 from pyg_lecc.nir.training.holdout import _holdout_pairs_path
+
+__all__ = ["load_checkpoint"]
 
 _CHECKPOINT_FORMAT = "pyg_lecc.training/1"
 
@@ -82,7 +85,21 @@ def _discard_unresumable(out: Path) -> None:
         )
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    r"""Reads a run's ``checkpoint.pt`` (its keys are listed in :mod:`pyg_lecc.nir.training`)
+    without running any code, after checking the archive's checksums.
+
+    Args:
+        path (Path): The checkpoint file.
+
+    Returns:
+        The checkpoint; its ``config`` as stored (read it with
+        :meth:`TrainConfig.from_dict <pyg_lecc.nir.training.TrainConfig.from_dict>`).
+
+    Raises:
+        FileNotFoundError: There is no file at ``path``.
+        ValueError: The file is damaged or not a training checkpoint of this package.
+    """
     if not path.is_file():
         raise FileNotFoundError(
             f"cannot resume: no checkpoint at {path} (start without --resume to begin a run)"
@@ -98,19 +115,24 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    current = config.to_dict()
-    # Checkpoints older than a field hold that field's default, or its legacy value.
-    defaults = {f.name: f.default for f in fields(TrainConfig)} | LEGACY_VALUES
+    before = stored_settings(stored, path)  # older checkpoints read as what they ran with
     diffs = []
     for name in RESUME_FIELDS:
-        old, new = stored.get(name, defaults[name]), current[name]
+        old, new = before[name], getattr(config, name)
+        if name == "arch":  # named field by field, as the command line spells them
+            diffs += [
+                f"{f.name} (checkpoint: {getattr(old, f.name)!r}, now: {getattr(new, f.name)!r})"
+                for f in fields(NIRGNNConfig)
+                if getattr(old, f.name) != getattr(new, f.name)
+            ]
+            continue
         if name in ("data", "holdout_pairs") and old is not None and new is not None:
             as_path = _holdout_pairs_path if name == "holdout_pairs" else Path
             same = as_path(old).resolve() == as_path(new).resolve()
         else:
             same = old == new
         if not same:
-            diffs.append(f"{name} (checkpoint: {old!r}, now: {new!r})")
+            diffs.append(f"{name} (checkpoint: {_plain(old)!r}, now: {_plain(new)!r})")
     if diffs:
         hint = ""
         if any(d.startswith("iters ") for d in diffs):
@@ -126,9 +148,14 @@ def _check_resume_config(stored: dict[str, Any], config: TrainConfig, path: Path
         )
 
 
+def _plain(value: Any) -> Any:
+    # Paths as the checkpoint stores them: 'runs/a', not PosixPath('runs/a').
+    return str(value) if isinstance(value, Path) else value
+
+
 def _load_resumable(path: Path, config: TrainConfig, world_size: int) -> dict[str, Any]:
     """The checkpoint at ``path``, checked against the run that resumes from it."""
-    ckpt = _load_checkpoint(path)
+    ckpt = load_checkpoint(path)
     _check_resume_config(ckpt["config"], config, path)
     if ckpt["world_size"] != world_size:
         raise ValueError(

@@ -4,13 +4,15 @@ run folder and of resuming."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pyg_lecc.nir.models import list_models
+from pyg_lecc.nir.config import NIRGNNConfig
+from pyg_lecc.nir.hub import list_models
 
 __all__ = [
     "AMP_MODES",
@@ -24,6 +26,7 @@ __all__ = [
     "VAL_SEARCH_WINDOW",
     "WEIGHTS_NAME",
     "TrainConfig",
+    "stored_settings",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -40,10 +43,7 @@ whole, as in the paper; full images use a 49x49 window as :mod:`pyg_lecc.nir.inf
 RESUME_FIELDS: tuple[str, ...] = (
     "data",
     "model",
-    "features",
-    "rank",
-    "k",
-    "layers_per_block",
+    "arch",
     "iters",
     "batch_size",
     "patch",
@@ -66,7 +66,7 @@ precision) may change."""
 LEGACY_VALUES: dict[str, Any] = {"register": False}
 """Values of :data:`RESUME_FIELDS` that a checkpoint written before the field existed ran
 with, where they differ from today's default (other missing fields read as the default): runs
-before ``register`` trained on the pairs as stored."""
+before ``register`` trained on the pairs as stored. Applied by :func:`stored_settings`."""
 
 SCHEDULES: tuple[str, ...] = ("exp", "cosine")
 """Learning-rate decays after the warm-up: exponential (the paper's) or cosine."""
@@ -88,12 +88,9 @@ class TrainConfig:
             ``"train"`` split is used for training.
         out: Output folder (created if needed) for the log, checkpoint and weights.
         model: ``"nir-gnn"`` or ``"cnn"`` (the CNN baseline of the paper).
-        features: Width ``F`` of NIR-GNN (a multiple of 3). For ``"cnn"``, the NIR-GNN width
-            whose parameter count the CNN matches
-            (``cnn_baseline(match_features=features, ...)``).
-        rank: Rank of the lightweight edge-conditioned convolution.
-        k: Non-local neighbours per pixel.
-        layers_per_block: Graph layers per HPF/LPF block.
+        arch: The architecture of NIR-GNN (:class:`~pyg_lecc.nir.config.NIRGNNConfig`, its
+            ``non_local`` left :obj:`True`). For ``"cnn"``, the NIR-GNN whose parameter
+            count the CNN matches (``cnn_baseline(match_features=arch.features, ...)``).
         iters: Number of training iterations (optimizer steps).
         batch_size: Patches per batch and per process: with ``N`` processes (``torchrun``),
             an iteration averages the gradients of ``N * batch_size`` patches.
@@ -123,7 +120,7 @@ class TrainConfig:
             final validation and weights, a ``"stop"`` log line); the decay then follows
             whichever of iterations and time is further along, so a budgeted run still ends
             at ``lr_end``. ``None``: no limit.
-        init_from: Weights file (:func:`pyg_lecc.nir.models.save_weights`) to start a new run
+        init_from: Weights file (:func:`pyg_lecc.nir.hub.save_weights`) to start a new run
             from, with a fresh optimiser; its architecture must match this configuration.
         amp: ``"bf16"`` runs the training forward pass under bfloat16 autocast (parameters,
             optimiser and validation stay float32), ``"none"`` does not.
@@ -167,10 +164,7 @@ class TrainConfig:
     data: Path
     out: Path
     model: str = "nir-gnn"
-    features: int = 99
-    rank: int = 11
-    k: int = 8
-    layers_per_block: int = 3
+    arch: NIRGNNConfig = field(default_factory=NIRGNNConfig)
     iters: int = 300_000
     batch_size: int = 10
     patch: int = 42
@@ -221,13 +215,13 @@ class TrainConfig:
         """The model, its sizes and the integer settings."""
         if self.model not in list_models():
             raise ValueError(f"unknown model {self.model!r}; available: {list_models()}")
-        _check_int("features", self.features, 3)
-        if self.features % 3:
-            raise ValueError(f"features must be a multiple of 3, got {self.features}")
+        if not isinstance(self.arch, NIRGNNConfig):
+            raise ValueError(f"arch must be a NIRGNNConfig, got {type(self.arch).__name__}")
+        if not self.arch.non_local:
+            raise ValueError(
+                "arch describes NIR-GNN (non_local=True): model='cnn' trains its CNN baseline"
+            )
         for name, low in (
-            ("rank", 1),
-            ("k", 1),
-            ("layers_per_block", 1),
             ("iters", 1),
             ("batch_size", 1),
             ("patch", 1),
@@ -241,9 +235,9 @@ class TrainConfig:
             _check_int(name, getattr(self, name), low)
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
-        if self.model == "nir-gnn" and self.patch * self.patch - 9 < self.k:
+        if self.model == "nir-gnn" and self.patch * self.patch - 9 < self.arch.k:
             raise ValueError(
-                f"patch {self.patch} is too small for k={self.k} neighbours: a pixel of a "
+                f"patch {self.patch} is too small for k={self.arch.k} neighbours: a pixel of a "
                 f"{self.patch}x{self.patch} patch has only {max(self.patch**2 - 9, 0)} "
                 "non-local candidates"
             )
@@ -299,12 +293,89 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as a plain dict (paths as ``str``), as stored in checkpoints."""
+        """The configuration as a plain dict (paths as ``str``, ``arch`` as a dict), as
+        stored in checkpoints and ``--config`` files; :meth:`from_dict` reads it back."""
         out = asdict(self)
         out["data"], out["out"] = str(self.data), str(self.out)
         if self.init_from is not None:
             out["init_from"] = str(self.init_from)
         return out
+
+    @classmethod
+    def from_dict(
+        cls, stored: Mapping[str, Any], source: str | Path, **changes: Any
+    ) -> TrainConfig:
+        r"""The configuration a checkpoint stores (:meth:`to_dict`, of today or of an older
+        version), with ``changes``.
+
+        Args:
+            stored (dict): The stored configuration (see :func:`stored_settings`).
+            source (str or Path): Where it was read, named in errors.
+            **changes (optional): Fields that replace the stored ones.
+
+        Raises:
+            ValueError: An unknown or invalid value.
+
+        Example:
+            >>> from pyg_lecc.nir.config import NIRGNNConfig
+            >>> config = TrainConfig(data="d", out="o", arch=NIRGNNConfig(rank=4))
+            >>> TrainConfig.from_dict(config.to_dict(), "ckpt", iters=10).arch.rank
+            4
+        """
+        return cls(**{**stored_settings(stored, source), **changes})
+
+
+def stored_settings(
+    stored: Mapping[str, Any], source: str | Path, *, legacy: bool = True
+) -> dict[str, Any]:
+    r"""The fields of :class:`TrainConfig` that a stored configuration holds, in today's form
+    and not yet validated: the one reader of checkpoints' ``config`` (resuming, ``finish`` of
+    a continuation) and of ``pyg-lecc train --config`` files.
+
+    Older forms are read as what they meant: architecture fields written at the top level
+    (checkpoints from before :attr:`TrainConfig.arch`) are gathered into ``arch``, and a field
+    that the writer predates reads as its :data:`LEGACY_VALUES` value (with ``legacy``) or
+    its default.
+
+    Args:
+        stored (dict): A dict of :meth:`TrainConfig.to_dict`'s form, possibly partial.
+        source (str or Path): Where it was read, named in errors.
+        legacy (bool, optional): Whether missing fields read as :data:`LEGACY_VALUES`: true of
+            checkpoints, which older versions wrote, not of a file written by hand.
+            (default: :obj:`True`)
+
+    Returns:
+        The fields, ``arch`` as a :class:`~pyg_lecc.nir.config.NIRGNNConfig`; ``data`` and
+        ``out`` only if stored (they have no default).
+
+    Raises:
+        ValueError: A key that is no field, or an invalid architecture.
+
+    Example:
+        >>> from pyg_lecc.nir.training.config import stored_settings
+        >>> old = {"data": "d", "out": "o", "features": 24, "rank": 4}  # before arch
+        >>> settings = stored_settings(old, "checkpoint.pt")
+        >>> settings["arch"].rank, settings["register"]
+        (4, False)
+    """
+    names = {f.name for f in fields(TrainConfig)}
+    arch_names = {f.name for f in fields(NIRGNNConfig)}
+    unknown = sorted(map(str, stored.keys() - names - arch_names))
+    if unknown:
+        raise ValueError(f"{source}: unknown training setting(s) {unknown}")
+    settings = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    if legacy:
+        settings |= LEGACY_VALUES
+    settings |= {name: value for name, value in stored.items() if name in names}
+    arch = stored.get("arch", {})
+    if not isinstance(arch, Mapping):
+        raise ValueError(f"{source}: arch must be a dict, got {arch!r}")
+    arch = {**arch, **{name: value for name, value in stored.items() if name in arch_names}}
+    try:
+        settings["arch"] = NIRGNNConfig(**arch)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: invalid arch: {err}") from err
+    return settings
 
 
 def _is_number(value: Any) -> bool:

@@ -12,7 +12,7 @@ from pyg_lecc.nir.data import PairedImageDataset
 from pyg_lecc.nir.training.config import TrainConfig
 from pyg_lecc.nir.training.validation import _eval_item, _EvalData
 
-__all__ = ["DEFAULT_HOLDOUT_PAIRS", "read_holdout_pairs"]
+__all__ = ["DEFAULT_HOLDOUT_PAIRS", "holdout_indices", "read_holdout_pairs"]
 
 DEFAULT_HOLDOUT_PAIRS = Path(__file__).parent.parent / "holdout_pairs.txt"
 """The committed selection pairs of the VCIP 2020 training split (``holdout_pairs="default"``):
@@ -21,13 +21,16 @@ those settings never saw them."""
 
 
 def read_holdout_pairs(spec: str | os.PathLike[str]) -> list[str]:
-    """The training-pair names of a selection-pairs file (``holdout_pairs``).
+    r"""The training-pair names of a selection-pairs file (``holdout_pairs``).
 
     One name per line (the pair names of :func:`pyg_lecc.nir.data.find_pairs`); ``#`` starts a
     comment, blank lines are skipped.
 
     Args:
-        spec: The file, or ``"default"`` for :data:`DEFAULT_HOLDOUT_PAIRS`.
+        spec (str or PathLike): The file, or ``"default"`` for :data:`DEFAULT_HOLDOUT_PAIRS`.
+
+    Returns:
+        The names, in the file's order.
 
     Raises:
         FileNotFoundError: The file does not exist.
@@ -55,8 +58,21 @@ def _holdout_pairs_path(spec: str | os.PathLike[str]) -> Path:
     return DEFAULT_HOLDOUT_PAIRS if str(spec) == "default" else Path(spec)
 
 
-def _holdout_indices(train_set: PairedImageDataset, config: TrainConfig) -> list[int]:
-    """Indices of the training pairs set aside for selection, by name or by seed."""
+def holdout_indices(train_set: PairedImageDataset, config: TrainConfig) -> list[int]:
+    r"""Indices of the training pairs set aside for selection: those named by
+    ``config.holdout_pairs``, else ``config.holdout`` pairs drawn by ``config.seed``.
+
+    Args:
+        train_set (PairedImageDataset): The training split of ``config.data``.
+        config (TrainConfig): The run.
+
+    Returns:
+        The sorted indices into ``train_set`` (empty without a hold-out).
+
+    Raises:
+        ValueError: A named pair is not in ``train_set``, or the hold-out would leave no
+            training pair.
+    """
     if config.holdout_pairs is not None:
         names = read_holdout_pairs(config.holdout_pairs)
         index = {pair.name: i for i, pair in enumerate(train_set.pairs)}
@@ -89,7 +105,7 @@ def _split_holdout(
     the same targets that training fits."""
     if not config.holdout and config.holdout_pairs is None:
         return train_set, None
-    held = _holdout_indices(train_set, config)
+    held = holdout_indices(train_set, config)
     kept = sorted(set(range(len(train_set))) - set(held))
     selection = []
     for i in held:

@@ -20,8 +20,12 @@ from tqdm.auto import tqdm
 
 from pyg_lecc.io.atomic import atomic_copy
 from pyg_lecc.nir.data import PairedImageDataset, RandomPatchSampler
-from pyg_lecc.nir.models import save_weights
-from pyg_lecc.nir.training.averaging import _averaged_model, _bn_batches, _recalibrate_bn
+from pyg_lecc.nir.hub import save_weights
+from pyg_lecc.nir.training.averaging import (
+    _averaged_model,
+    _recalibrate_bn,
+    bn_recalibration_batches,
+)
 from pyg_lecc.nir.training.checkpoint import (
     _CHECKPOINT_FORMAT,
     _atomic_save,
@@ -39,7 +43,7 @@ from pyg_lecc.nir.training.config import (
 )
 from pyg_lecc.nir.training.distributed import _all_gather, _all_reduce, _Dist, _setup_distributed
 from pyg_lecc.nir.training.holdout import _split_holdout
-from pyg_lecc.nir.training.model import _build_model
+from pyg_lecc.nir.training.model import build_model
 from pyg_lecc.nir.training.schedule import lr_at
 from pyg_lecc.nir.training.signals import _DeferredSigint
 from pyg_lecc.nir.training.validation import _load_validation, _validate
@@ -70,7 +74,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     and the run is single-process, otherwise the last regular checkpoint stays).
 
     Args:
-        config: The run settings.
+        config (TrainConfig): The run settings.
 
     Returns:
         A summary: ``iterations`` (the last iteration done), ``iterations_this_run``,
@@ -91,9 +95,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         KeyboardInterrupt: Interrupted (after writing the checkpoint).
 
     Example:
-        >>> cfg = TrainConfig(data="data", out="runs/tiny", model="cnn", features=6, rank=2,
-        ...                   k=4, layers_per_block=1, iters=30, patch=12, batch_size=2,
-        ...                   progress=False)  # doctest: +SKIP
+        >>> from pyg_lecc.nir.config import NIRGNNConfig
+        >>> arch = NIRGNNConfig(features=6, rank=2, k=4, layers_per_block=1)
+        >>> cfg = TrainConfig(data="data", out="runs/tiny", model="cnn", arch=arch, iters=30,
+        ...                   patch=12, batch_size=2, progress=False)  # doctest: +SKIP
         >>> train(cfg)["iterations"]  # doctest: +SKIP
         30
     """
@@ -205,14 +210,13 @@ class _Run:
         """Model (seeded), weight average, BatchNorm batches, patch sampler and optimiser."""
         config, info = self.config, self.info
         torch.manual_seed(config.seed)
-        self.net = _build_model(config).to(self.device)
+        self.net = build_model(config).to(self.device)
         self.net.train()
         self.ema = _averaged_model(self.net, config)
         # Validated, selected and exported:
         self.judged = self.net if self.ema is None else self.ema.module
-        self.bn_batches = (
-            _bn_batches(train_set, config) if self.ema is not None and info.is_main else []
-        )
+        recalibrated = self.ema is not None and info.is_main
+        self.bn_batches = bn_recalibration_batches(train_set, config) if recalibrated else []
         self.sampler = RandomPatchSampler(
             train_set,
             patch_size=config.patch,

@@ -4,16 +4,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyg_lecc.nir.models import NIRGNN, _state_mismatch, cnn_baseline, load_weights, nir_gnn
+from pyg_lecc.nir.hub import get_model, load_weights, state_mismatch
+from pyg_lecc.nir.models import NIRGNN
 from pyg_lecc.nir.training.config import TrainConfig
 
+__all__ = ["build_model"]
 
-def _build_model(config: TrainConfig) -> NIRGNN:
-    arch = {"rank": config.rank, "k": config.k, "layers_per_block": config.layers_per_block}
-    if config.model == "cnn":
-        net = cnn_baseline(match_features=config.features, **arch)
-    else:
-        net = nir_gnn(features=config.features, **arch)
+
+def build_model(config: TrainConfig) -> NIRGNN:
+    r"""The model a run trains: ``config.model`` of architecture ``config.arch``, initialised
+    randomly (from ``torch``'s generator) or from ``config.init_from``.
+
+    Args:
+        config (TrainConfig): The run's configuration.
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        ValueError: The ``init_from`` weights are of another model or architecture, or do not
+            fit the model.
+
+    Example:
+        >>> from pyg_lecc.nir.config import NIRGNNConfig
+        >>> from pyg_lecc.nir.training import TrainConfig, build_model
+        >>> arch = NIRGNNConfig(features=12, rank=2)
+        >>> build_model(TrainConfig(data="d", out="o", model="cnn", arch=arch)).config()["features"]
+        12
+    """
+    arch = config.arch.to_dict()
+    del arch["non_local"]  # the model's name decides it
+    if config.model == "cnn":  # arch is the NIR-GNN whose parameter count the CNN matches
+        arch["match_features"] = arch.pop("features")
+    net = get_model(config.model, **arch)
     if config.init_from is not None:
         _init_from(net, config)
     return net
@@ -33,7 +56,7 @@ def _init_from(net: NIRGNN, config: TrainConfig) -> None:
         raise ValueError(
             f"init_from {path} does not match the run's architecture: " + "; ".join(diffs)
         )
-    mismatch = _state_mismatch(net.state_dict(), state)
+    mismatch = state_mismatch(net.state_dict(), state)
     if mismatch:
         raise ValueError(f"init_from {path}: its tensors do not fit the model: {mismatch}")
     net.load_state_dict(state)

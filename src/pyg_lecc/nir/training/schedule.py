@@ -11,13 +11,23 @@ __all__ = ["lr_at"]
 
 
 def lr_at(t: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
-    """Learning rate of iteration ``t`` (0-based).
+    r"""Learning rate of iteration ``t`` (0-based).
 
     During the warm-up (``t < warmup``) it rises linearly, ``lr * (t + 1) / warmup``. After
     it, with progress ``p = (t - warmup) / (iters - warmup)`` (or ``time_fraction``, the
     fraction of a time budget spent, if that is further along, capped at 1), the ``"exp"``
     schedule gives ``lr * (lr_end / lr) ** p`` and ``"cosine"`` gives
     ``lr_end + (lr - lr_end) * (1 + cos(pi * p)) / 2``.
+
+    Args:
+        t (int): The iteration, from 0.
+        config (TrainConfig): The run: ``lr``, ``lr_end``, ``iters``, ``warmup`` and
+            ``schedule``.
+        time_fraction (float, optional): The fraction of the time budget spent.
+            (default: :obj:`0.0`)
+
+    Returns:
+        The learning rate.
 
     Example:
         >>> cfg = TrainConfig(data=".", out="run", iters=10, lr=1e-2, lr_end=1e-3)

@@ -9,6 +9,8 @@ import time
 from types import FrameType
 from typing import Any
 
+__all__ = ["honour_sigint"]
+
 _FORCE_INTERRUPT_AFTER_S = 1.0
 
 
@@ -55,10 +57,13 @@ class _DeferredSigint:
             signal.signal(signal.SIGINT, previous)
 
 
-def _honour_sigint() -> None:
-    """Makes SIGINT raise :class:`KeyboardInterrupt` in this process (main thread), also when
-    it was inherited as ignored (a background job of a non-interactive shell starts so):
-    a stop request that arrives before training installs :class:`_DeferredSigint` (while
-    the data loads) stops the run instead of being dropped."""
+def honour_sigint() -> None:
+    r"""Makes SIGINT raise :class:`KeyboardInterrupt` in this process (main thread), also when
+    it was inherited as ignored (a background job of a non-interactive shell starts so).
+
+    Called first thing by ``pyg-lecc train``: a stop request that arrives before training
+    installs its own handler (while the data loads) then stops the run instead of being
+    dropped. Does nothing outside the main thread, where signal handlers cannot be set.
+    """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)

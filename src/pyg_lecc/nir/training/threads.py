@@ -9,7 +9,7 @@ __all__ = ["limit_numba_threads"]
 
 
 def limit_numba_threads(threads: int) -> None:
-    """Sizes the thread pool of Numba (the CPU kernels) to ``threads`` for this process.
+    r"""Sizes the thread pool of Numba (the CPU kernels) to ``threads`` for this process.
 
     Numba starts ``NUMBA_NUM_THREADS`` workers (one per core by default) at its first
     parallel kernel, whatever :func:`numba.set_num_threads` allows later, and with its OpenMP
@@ -19,7 +19,11 @@ def limit_numba_threads(threads: int) -> None:
     value Numba read instead, which works until the pool starts. No effect once it runs.
 
     Args:
-        threads: The pool size, at least 1 (at most Numba's own limit is used).
+        threads (int): The pool size, at least 1 (at most Numba's own limit is used).
+
+    Example:
+        >>> from pyg_lecc.nir.training import limit_numba_threads
+        >>> limit_numba_threads(1)  # doctest: +SKIP
     """
     parallel = sys.modules.get("numba.np.ufunc.parallel")
     if parallel is None:

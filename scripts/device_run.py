@@ -8,9 +8,10 @@ width (F=99, r=11, k=8, 3 graph layers per block); the CPU carries the F=24 line
 1. records the machine (torch, CUDA device, Triton);
 2. runs the CUDA tests (with pytest, if pytest imports) and the standalone kernel check
    ``scripts/check_cuda_kernels.py``, for each fused op on its own: ``edge_aggregate``
-   (``tests/test_ops_cuda.py`` and ``tests/test_ops.py``, whose kernels the stages below use
-   when they pass) and ``edge_label_aggregate`` (the ``edge_dim`` mode: its tests in
-   ``tests/test_ops_edge_label.py`` and ``tests/test_ops_cuda.py``, run with
+   (``tests/ops/test_cuda_kernels.py`` and ``tests/ops/test_edge_aggregate.py``, whose
+   kernels the stages below use when they pass) and ``edge_label_aggregate`` (the
+   ``edge_dim`` mode: its tests in
+   ``tests/ops/test_edge_label_aggregate.py`` and ``tests/ops/test_cuda_kernels.py``, run with
    ``PYG_LECC_CUDA_EDGE_LABEL_KERNELS=1``; recorded, never used for training, and a failure
    there does not hold back ``edge_aggregate``'s kernels);
 3. times the operators on the paper's graph (``benchmarks.operators``), with the reference
@@ -35,7 +36,7 @@ timings included), ``nir-gnn-f99.safetensors``, ``nir-gnn-f99.log.jsonl``,
 a timeout, so a failing stage is logged and the next one still runs.
 
 ``--rehearsal`` runs every stage on the CPU with tiny sizes (eager probe only), so that a lent
-GPU minute is never spent on a typo (``tests/test_device_run.py`` does this in CI).
+GPU minute is never spent on a typo (``tests/nir/test_device_run.py`` does this in CI).
 
 Usage on the device machine (from the repository root; ``.device/`` is prepared by
 ``scripts/prepare_device.sh`` and carried)::
@@ -63,7 +64,8 @@ KERNEL_ENV = "PYG_LECC_CUDA_KERNELS"
 # The opt-in of edge_label_aggregate's Triton kernels (pyg_lecc.ops), set for its tests.
 LABEL_KERNEL_ENV = "PYG_LECC_CUDA_EDGE_LABEL_KERNELS"
 # pytest -k selections: the tests of edge_label_aggregate are those whose name or module
-# name says "label" (tests/test_ops_edge_label.py and the label tests of test_ops_cuda.py).
+# name says "label" (tests/ops/test_edge_label_aggregate.py and the label tests of
+# tests/ops/test_cuda_kernels.py).
 _LABEL_TESTS = "label"
 # What `pyg-lecc train` exports into its run folder (pyg_lecc.nir.training.WEIGHTS_NAME; this
 # script imports nothing of the package, so that it runs before any install).
@@ -405,13 +407,15 @@ class Runbook:
         ``edge_aggregate``'s kernels may be used (``edge_label_aggregate``'s verdict goes to
         ``cuda_edge_label_kernels_passed`` in the metrics: its kernels are never used here)."""
         timeouts = self.setting["timeouts"]
-        names = ["tests/test_ops_cuda.py"] + ([] if self.args.rehearsal else ["tests/test_ops.py"])
+        names = ["tests/ops/test_cuda_kernels.py"] + (
+            [] if self.args.rehearsal else ["tests/ops/test_edge_aggregate.py"]
+        )
         passed = self._pytest(
             "cuda_tests", names, f"not {_LABEL_TESTS}", timeouts["tests"], {KERNEL_ENV: "1"}
         )
         label_passed = self._pytest(
             "cuda_tests_edge_label",
-            ["tests/test_ops_edge_label.py", "tests/test_ops_cuda.py"],
+            ["tests/ops/test_edge_label_aggregate.py", "tests/ops/test_cuda_kernels.py"],
             _LABEL_TESTS,
             timeouts["tests_edge_label"],
             {KERNEL_ENV: "1", LABEL_KERNEL_ENV: "1"},

@@ -1,5 +1,5 @@
-"""Shared by the tests of the fused operators (tests/test_ops.py,
-tests/test_ops_edge_label.py): the test graphs and the Numba marker."""
+"""Shared by the tests of the fused operators (tests/ops/test_edge_aggregate.py,
+tests/ops/test_edge_label_aggregate.py): the test graphs and the Numba marker."""
 
 from __future__ import annotations
 

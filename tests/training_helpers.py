@@ -1,6 +1,6 @@
-"""Helpers of the training tests (tests/nir/training/) and of the tests that train or need a tiny
-synthetic data set (test_continuation, test_data_pack): data, configurations, log and
-checkpoint readers, and recorders of what a run does."""
+"""Helpers of the training tests (tests/nir/training/) and of the tests that train or need a
+tiny synthetic data set (tests/nir/test_continuation.py, tests/nir/data/test_pack.py): data,
+configurations, log and checkpoint readers, and recorders of what a run does."""
 
 import dataclasses
 import json

@@ -111,8 +111,8 @@ def test_runbook_rehearsal_runs_every_stage(tmp_path):
     assert metrics["cuda_edge_label_kernels_passed"] is False
     # edge_label_aggregate's tests ran with its Triton kernels requested, the others without
     # (-k selections of the same files).
-    assert "-k label tests/test_ops_edge_label.py tests/test_ops_cuda.py" in log
-    assert "-k not label tests/test_ops_cuda.py" in log
+    assert "-k label tests/ops/test_edge_label_aggregate.py tests/ops/test_cuda_kernels.py" in log
+    assert "-k not label tests/ops/test_cuda_kernels.py" in log
     assert metrics["kernel_check"]["ok"] is False  # no CUDA here: a summary all the same
     assert {"lecc_node", "gat", "gcn"} <= {
         e["operator"] for e in metrics["bench_operators"]["reference"]["entries"]
@@ -169,13 +169,17 @@ def test_label_tests_are_selected_by_name():
     # The runbook splits the CUDA tests by `-k label`: every test of edge_label_aggregate and
     # none of edge_aggregate's may be selected by it.
     cmd = [sys.executable, "-m", "pytest", "-q", "--collect-only", "-k", device_run._LABEL_TESTS]
-    cmd += ["tests/test_ops_edge_label.py", "tests/test_ops_cuda.py", "tests/test_ops.py"]
+    cmd += [
+        "tests/ops/test_edge_label_aggregate.py",
+        "tests/ops/test_cuda_kernels.py",
+        "tests/ops/test_edge_aggregate.py",
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300).stdout
     ids = [line for line in out.splitlines() if "::" in line]
     assert ids and all("label" in i for i in ids), out[-2000:]
-    assert any(i.startswith("tests/test_ops_edge_label.py::") for i in ids)
-    assert any(i.startswith("tests/test_ops_cuda.py::test_label_") for i in ids)
-    assert not any(i.startswith("tests/test_ops.py::") for i in ids)
+    assert any(i.startswith("tests/ops/test_edge_label_aggregate.py::") for i in ids)
+    assert any(i.startswith("tests/ops/test_cuda_kernels.py::test_label_") for i in ids)
+    assert not any(i.startswith("tests/ops/test_edge_aggregate.py::") for i in ids)
 
 
 def _check_script(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, dict]:

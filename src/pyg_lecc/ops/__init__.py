@@ -19,7 +19,7 @@ Implementations:
   (otherwise one warning, and the reference is used);
 * :mod:`pyg_lecc.ops.cuda`: Triton kernels, used for CUDA tensors when Triton imports (it
   ships with CUDA builds of PyTorch). Those of :func:`edge_aggregate` passed
-  ``tests/test_ops_cuda.py`` and ``scripts/check_cuda_kernels.py`` on an NVIDIA H200 (torch
+  ``tests/ops/test_cuda_kernels.py`` and ``scripts/check_cuda_kernels.py`` on an NVIDIA H200 (torch
   2.11, Triton 3.6); the environment variable ``PYG_LECC_CUDA_KERNELS=0`` makes CUDA inputs
   take the reference path (with GPU-sized chunks) instead. Those of
   :func:`edge_label_aggregate` have not run on a GPU yet: they are used only with

@@ -1,6 +1,6 @@
 """Tests of the fused op of the ``edge_dim`` mode, :func:`pyg_lecc.ops.edge_label_aggregate`:
 the reference against the plain definition, the Numba kernel against the reference,
-gradients, dispatch and input checks (the Triton kernels: ``tests/test_ops_cuda.py``)."""
+gradients, dispatch and input checks (the Triton kernels: ``tests/ops/test_cuda_kernels.py``)."""
 
 import os
 

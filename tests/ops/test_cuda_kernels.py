@@ -4,7 +4,7 @@ autograd implementation.
 The kernels run on a GPU (``cuda`` cases, skipped without CUDA) or, on CPU, under Triton's
 interpreter (``interpret`` cases, only when ``PYG_LECC_TRITON_INTERPRET=1``)::
 
-    TRITON_INTERPRET=1 PYG_LECC_TRITON_INTERPRET=1 pytest tests/test_ops_cuda.py
+    TRITON_INTERPRET=1 PYG_LECC_TRITON_INTERPRET=1 pytest tests/ops/test_cuda_kernels.py
 
 The plain-torch fallback (float64) is tested everywhere.
 """

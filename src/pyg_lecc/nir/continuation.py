@@ -391,7 +391,11 @@ def refuse_inside_git(path: Path) -> None:
 
 
 def describe_hardware() -> str:
-    """This machine in a few words: CPU model and core count, and the GPUs torch sees."""
+    r"""This machine in a few words: CPU model and core count, and the GPUs torch sees.
+
+    Returns:
+        str: E.g. ``"2-core Intel(R) Xeon(R) Processor"``.
+    """
     cpu = "CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -756,8 +760,13 @@ def _ledger_row(
 
 
 def append_ledger_row(model_card: Path, row: str) -> None:
-    """Appends ``row`` to the table under :data:`LEDGER_HEADING` in ``model_card`` (the
-    section and its table are added at the end if missing)."""
+    r"""Appends ``row`` to the table under :data:`LEDGER_HEADING` in ``model_card`` (the
+    section and its table are added at the end if missing), atomically.
+
+    Args:
+        model_card (Path): The model card (Markdown).
+        row (str): One Markdown table row, ``| ... |``.
+    """
     lines = model_card.read_text().splitlines() if model_card.is_file() else []
     header = ["| " + " | ".join(LEDGER_COLUMNS) + " |", "|" + "---|" * len(LEDGER_COLUMNS)]
     if LEDGER_HEADING not in lines:
@@ -781,7 +790,19 @@ def append_ledger_row(model_card: Path, row: str) -> None:
 def regenerate_figure(
     figure: Path, script: Path, gnn_weights: Path, cnn_weights: Path, threads: int
 ) -> None:
-    """Draws the README figure again with ``script`` (``examples/nir_colorize.py``)."""
+    r"""Draws the README figure again with ``script`` (``examples/nir_colorize.py``).
+
+    Args:
+        figure (Path): The figure to replace.
+        script (Path): The example that draws it.
+        gnn_weights (Path): NIR-GNN weights to show.
+        cnn_weights (Path): CNN weights to show.
+        threads (int): CPU threads of the script.
+
+    Raises:
+        ValueError: The script failed (its output went to this process's); the message
+            says what was updated and what was not.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads)}
     cnn = str(cnn_weights) if Path(cnn_weights).is_file() else "default"
     with tempfile.TemporaryDirectory() as tmp:
@@ -809,8 +830,13 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
-    """The parser of ``train_continue.py``; ``root`` (the repository) gives the figure's
-    defaults."""
+    r"""The parser of ``train_continue.py`` (sub-commands ``start`` and ``finish``).
+
+    Args:
+        root (Path, optional): The repository, whose README figure
+            (``docs/_static/comparison.png``) is ``finish``'s default ``--figure``
+            (:obj:`None`: no figure unless given). (default: :obj:`None`)
+    """
     shipped = default_weights_path(MODEL)
     parser = argparse.ArgumentParser(
         prog="train_continue.py",
@@ -851,7 +877,18 @@ def build_parser(root: Path | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, root: Path | None = None) -> int:
-    """Runs ``start`` or ``finish`` from the command line; exit code 2 on bad input."""
+    r"""Runs ``start`` or ``finish`` from the command line.
+
+    Args:
+        argv (list[str], optional): The arguments (:obj:`None`: :data:`sys.argv`).
+            (default: :obj:`None`)
+        root (Path, optional): The repository (see :func:`build_parser`).
+            (default: :obj:`None`)
+
+    Returns:
+        int: 0 (``start`` returns only when it did not become the trainer), or 2 on bad
+        input.
+    """
     args = build_parser(root).parse_args(argv)
     if args.step == "finish":
         limit_numba_threads(args.threads)  # this process evaluates: no idle worker spinning

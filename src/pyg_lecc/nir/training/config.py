@@ -83,78 +83,91 @@ BEST_NAME = "best.safetensors"
 class TrainConfig:
     """Settings of a training run (defaults: the paper's recipe for NIR-GNN).
 
-    Attributes:
-        data: Data set folder, any layout accepted by :func:`pyg_lecc.nir.data.find_pairs`; the
-            ``"train"`` split is used for training.
-        out: Output folder (created if needed) for the log, checkpoint and weights.
-        model: ``"nir-gnn"`` or ``"cnn"`` (the CNN baseline of the paper).
-        arch: The architecture of NIR-GNN (:class:`~pyg_lecc.nir.config.NIRGNNConfig`, its
-            ``non_local`` left :obj:`True`). For ``"cnn"``, the NIR-GNN whose parameter
-            count the CNN matches (``cnn_baseline(match_features=arch.features, ...)``).
-        iters: Number of training iterations (optimizer steps).
-        batch_size: Patches per batch and per process: with ``N`` processes (``torchrun``),
-            an iteration averages the gradients of ``N * batch_size`` patches.
-        patch: Side of the square training patches.
-        lr: Initial learning rate.
-        lr_end: Learning rate reached at the end (exponential decay; ``lr_end == lr`` keeps
-            it constant).
-        seed: Seeds the model initialisation and the patch sampler (process ``r`` of a
-            distributed run samples with ``seed + r``).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``... Under ``torchrun`` a CUDA
-            device index is replaced by ``LOCAL_RANK``.
-        resume: Continue the run whose ``checkpoint.pt`` is in ``out``.
-        val_every: Validate every this many iterations (and always at the end).
-        ckpt_every: Write a checkpoint and a ``"train"`` log line every this many iterations
-            (and at the end).
-        val_split: Split of ``data`` to validate on (``"validation"``, ``"val"`` or
-            ``"train"``), or ``"none"``: no split is scored during training (the held-out
-            pairs still are), as in continuations, whose ``finish`` scores the validation
-            images once. If the split does not exist, validation is skipped with a warning.
-        threads: ``torch.set_num_threads(threads)`` for the process; ``None`` uses every
-            core the process may run on.
-        progress: Show a progress bar (rank 0 only).
-        schedule: Decay after the warm-up, ``"exp"`` (the paper's, from ``lr`` to ``lr_end``)
-            or ``"cosine"`` (half a cosine from ``lr`` to ``lr_end``).
-        warmup: Iterations of linear warm-up from ``lr / warmup`` to ``lr`` (0: none).
-        time_budget: Seconds of training after which this session stops cleanly (checkpoint,
-            final validation and weights, a ``"stop"`` log line); the decay then follows
-            whichever of iterations and time is further along, so a budgeted run still ends
-            at ``lr_end``. ``None``: no limit.
-        init_from: Weights file (:func:`pyg_lecc.nir.hub.save_weights`) to start a new run
-            from, with a fresh optimiser; its architecture must match this configuration.
-        amp: ``"bf16"`` runs the training forward pass under bfloat16 autocast (parameters,
-            optimiser and validation stay float32), ``"none"`` does not.
-        ema: Decay of an exponential moving average of the weights (e.g. ``0.999``), used for
-            validation, selection and the exported weights; ``None``: no average. Before each
-            validation the BatchNorm statistics of the averaged weights are recomputed on
-            ``bn_batches`` fixed training batches (averaged statistics do not belong to
-            averaged weights: NIR-GNN's edge attention makes it very sensitive to that).
-        bn_batches: Training batches of that recomputation (with ``ema``).
-        holdout: Training pairs set aside (chosen by ``seed``) to select the exported weights
-            by PSNR at every validation; 0 exports the last weights. The ``val_split`` pairs
-            are only reported, never used to select.
-        holdout_pairs: Instead of ``holdout``, the training pairs to set aside by name: a
-            file of pair names (:func:`read_holdout_pairs`), or ``"default"`` for
-            :data:`DEFAULT_HOLDOUT_PAIRS`. The same pairs whatever the seed, so that runs
-            that continue each other select on pairs none of them trained on.
-        ema_bias_correction: Correct the bias of the moving average towards its first
-            value, as Adam corrects its moments: the average of ``t`` updates weighs them
-            ``(1 - ema) * ema ** (t - i) / (1 - ema ** t)``. Early on it is close to the plain
-            mean of the weights so far, and ``ema`` is reached after about ``1 / (1 - ema)``
-            updates. Without it, the starting weights keep ``ema ** t`` of the average (55 %
-            after 600 updates at 0.999), which a short continuation of trained weights
-            mostly validates instead of its own progress.
-        compile: ``torch.compile`` the training model (forward and backward; validation,
-            checkpoints and exported weights use the plain module): ``"none"`` (eager),
-            ``"default"`` or ``"reduce-overhead"`` (CUDA graphs). Compilation takes tens of
-            seconds at the start of each session.
-        register: Train on pairs shifted into register (:mod:`pyg_lecc.nir.registration`): each
-            training pair's RGB image is moved onto its NIR image by its estimated sub-pixel
-            shift and both are cropped to the valid overlap; pairs whose estimate is
-            unreliable stay as they are. The held-out pairs (``holdout``,
+    Args:
+        data (Path): Data set folder, any layout accepted by :func:`pyg_lecc.nir.data.find_pairs`;
+            the ``"train"`` split is used for training.
+        out (Path): Output folder (created if needed) for the log, checkpoint and weights.
+        model (str, optional): ``"nir-gnn"`` or ``"cnn"`` (the CNN baseline of the paper). (default:
+            :obj:`"nir-gnn"`)
+        arch (NIRGNNConfig, optional): The architecture of NIR-GNN
+            (:class:`~pyg_lecc.nir.config.NIRGNNConfig`, its ``non_local`` left :obj:`True`). For
+            ``"cnn"``, the NIR-GNN whose parameter count the CNN matches
+            (``cnn_baseline(match_features=arch.features, ...)``). (default: :obj:`NIRGNNConfig()`)
+        iters (int, optional): Number of training iterations (optimizer steps). (default:
+            :obj:`300000`)
+        batch_size (int, optional): Patches per batch and per process: with ``N`` processes
+            (``torchrun``), an iteration averages the gradients of ``N * batch_size`` patches.
+            (default: :obj:`10`)
+        patch (int, optional): Side of the square training patches. (default: :obj:`42`)
+        lr (float, optional): Initial learning rate. (default: :obj:`1e-4`)
+        lr_end (float, optional): Learning rate reached at the end (exponential decay; ``lr_end ==
+            lr`` keeps it constant). (default: :obj:`1e-5`)
+        seed (int, optional): Seeds the model initialisation and the patch sampler (process ``r`` of
+            a distributed run samples with ``seed + r``). (default: :obj:`0`)
+        device (str, optional): ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``... Under ``torchrun``
+            a CUDA device index is replaced by ``LOCAL_RANK``. (default: :obj:`"cpu"`)
+        resume (bool, optional): Continue the run whose ``checkpoint.pt`` is in ``out``. (default:
+            :obj:`False`)
+        val_every (int, optional): Validate every this many iterations (and always at the end).
+            (default: :obj:`1000`)
+        ckpt_every (int, optional): Write a checkpoint and a ``"train"`` log line every this many
+            iterations (and at the end). (default: :obj:`200`)
+        val_split (str, optional): Split of ``data`` to validate on (``"validation"``, ``"val"`` or
+            ``"train"``), or ``"none"``: no split is scored during training (the held-out pairs
+            still are), as in continuations, whose ``finish`` scores the validation images once. If
+            the split does not exist, validation is skipped with a warning. (default:
+            :obj:`"validation"`)
+        threads (int, optional): ``torch.set_num_threads(threads)`` for the process; ``None`` uses
+            every core the process may run on. (default: :obj:`None`)
+        progress (bool, optional): Show a progress bar (rank 0 only). (default: :obj:`True`)
+        schedule (str, optional): Decay after the warm-up, ``"exp"`` (the paper's, from ``lr`` to
+            ``lr_end``) or ``"cosine"`` (half a cosine from ``lr`` to ``lr_end``). (default:
+            :obj:`"exp"`)
+        warmup (int, optional): Iterations of linear warm-up from ``lr / warmup`` to ``lr`` (0:
+            none). (default: :obj:`0`)
+        time_budget (float, optional): Seconds of training after which this session stops cleanly
+            (checkpoint, final validation and weights, a ``"stop"`` log line); the decay then
+            follows whichever of iterations and time is further along, so a budgeted run still ends
+            at ``lr_end``. ``None``: no limit. (default: :obj:`None`)
+        init_from (Path, optional): Weights file (:func:`pyg_lecc.nir.hub.save_weights`) to start a
+            new run from, with a fresh optimiser; its architecture must match this configuration.
+            (default: :obj:`None`)
+        amp (str, optional): ``"bf16"`` runs the training forward pass under bfloat16 autocast
+            (parameters, optimiser and validation stay float32), ``"none"`` does not. (default:
+            :obj:`"none"`)
+        ema (float, optional): Decay of an exponential moving average of the weights (e.g.
+            ``0.999``), used for validation, selection and the exported weights; ``None``: no
+            average. Before each validation the BatchNorm statistics of the averaged weights are
+            recomputed on ``bn_batches`` fixed training batches (averaged statistics do not belong
+            to averaged weights: NIR-GNN's edge attention makes it very sensitive to that).
+            (default: :obj:`None`)
+        bn_batches (int, optional): Training batches of that recomputation (with ``ema``). (default:
+            :obj:`16`)
+        holdout (int, optional): Training pairs set aside (chosen by ``seed``) to select the
+            exported weights by PSNR at every validation; 0 exports the last weights. The
+            ``val_split`` pairs are only reported, never used to select. (default: :obj:`0`)
+        holdout_pairs (str, optional): Instead of ``holdout``, the training pairs to set aside by
+            name: a file of pair names (:func:`read_holdout_pairs`), or ``"default"`` for
+            :data:`DEFAULT_HOLDOUT_PAIRS`. The same pairs whatever the seed, so that runs that
+            continue each other select on pairs none of them trained on. (default: :obj:`None`)
+        ema_bias_correction (bool, optional): Correct the bias of the moving average towards its
+            first value, as Adam corrects its moments: the average of ``t`` updates weighs them ``(1
+            - ema) * ema ** (t - i) / (1 - ema ** t)``. Early on it is close to the plain mean of
+            the weights so far, and ``ema`` is reached after about ``1 / (1 - ema)`` updates.
+            Without it, the starting weights keep ``ema ** t`` of the average (55 % after 600
+            updates at 0.999), which a short continuation of trained weights mostly validates
+            instead of its own progress. (default: :obj:`False`)
+        compile (str, optional): ``torch.compile`` the training model (forward and backward;
+            validation, checkpoints and exported weights use the plain module): ``"none"`` (eager),
+            ``"default"`` or ``"reduce-overhead"`` (CUDA graphs). Compilation takes tens of seconds
+            at the start of each session. (default: :obj:`"none"`)
+        register (bool, optional): Train on pairs shifted into register
+            (:mod:`pyg_lecc.nir.registration`): each training pair's RGB image is moved onto its NIR
+            image by its estimated sub-pixel shift and both are cropped to the valid overlap; pairs
+            whose estimate is unreliable stay as they are. The held-out pairs (``holdout``,
             ``holdout_pairs``) are registered the same way; the ``val_split`` pairs are never
-            changed (also with ``val_split="train"``). A run started before this option
-            existed resumes with ``register=False``.
+            changed (also with ``val_split="train"``). A run started before this option existed
+            resumes with ``register=False``. (default: :obj:`True`)
 
     Raises:
         ValueError: A value is out of range, the model is unknown, or the device is not

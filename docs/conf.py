@@ -65,6 +65,7 @@ napoleon_custom_sections = ["Shapes"]
 # Runs before every group of every document: docstring examples pulled in by autodoc use
 # these names without importing them.
 doctest_global_setup = """
+from pathlib import Path
 import numpy as np
 import torch
 from pyg_lecc import *

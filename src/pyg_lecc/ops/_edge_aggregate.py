@@ -4,30 +4,12 @@ its schema, fake implementation, autograd and public wrapper. The backend runs b
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from pyg_lecc.ops.backends import CUDA_KERNELS, Backend, choose_backend, fallback_backend
-from pyg_lecc.typing import WITH_NUMBA
+from pyg_lecc.ops.backends import CUDA_KERNELS, fallback_backend, register_kernels, run_kernel
 
 __all__ = ["edge_aggregate"]
-
-
-def _forward(backend_of: Callable[[torch.device], Backend], *args: Any) -> tuple[Tensor, Tensor]:
-    # args: the op's, in its schema's order; `backend_of` picks the backend by device.
-    *floats, rowptr, col, delta, slope = args
-    backend = backend_of(rowptr.device)
-    Q, P = backend.call(backend.module.edge_aggregate_forward, floats, rowptr, col, delta, slope)
-    return Q, P
-
-
-def _backward(backend_of: Callable[[torch.device], Backend], *args: Any) -> tuple[Tensor, ...]:
-    *floats, rowptr, col, delta, slope = args
-    backend = backend_of(rowptr.device)
-    return backend.call(backend.module.edge_aggregate_backward, floats, rowptr, col, delta, slope)
 
 
 @torch.library.custom_op("pyg_lecc::edge_aggregate", mutates_args=())
@@ -47,8 +29,8 @@ def _edge_aggregate(
     slope: float,
 ) -> tuple[Tensor, Tensor]:
     # Devices without a kernel registered below.
-    floats = (x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega)
-    return _forward(fallback_backend, *floats, rowptr, col, delta, slope)
+    args = (x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega, rowptr, col, delta, slope)
+    return run_kernel("edge_aggregate", "forward", fallback_backend, args)  # type: ignore[return-value]
 
 
 @_edge_aggregate.register_fake
@@ -76,25 +58,14 @@ def _edge_aggregate_backward(
     slope: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     floats = (grad_Q, grad_P, x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega)
-    return _backward(fallback_backend, *floats, rowptr, col, delta, slope)  # type: ignore[return-value]
+    args = (*floats, rowptr, col, delta, slope)
+    return run_kernel("edge_aggregate", "backward", fallback_backend, args)  # type: ignore[return-value]
 
 
 @_edge_aggregate_backward.register_fake
 def _(grad_Q, grad_P, x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega, *_):
     inputs = (x_src, x_dst, y_src, y_dst, b0, V, c, w_omega, b_omega)
     return tuple(torch.empty_like(t) for t in inputs)
-
-
-def _chosen(device: torch.device) -> Backend:
-    return choose_backend(device, "edge_aggregate")
-
-
-def _forward_kernel(*args: Any) -> tuple[Tensor, Tensor]:
-    return _forward(_chosen, *args)
-
-
-def _backward_kernel(*args: Any) -> tuple[Tensor, ...]:
-    return _backward(_chosen, *args)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -112,15 +83,7 @@ def _autograd_backward(ctx, grad_Q: Tensor, grad_P: Tensor):
 
 
 _edge_aggregate.register_autograd(_autograd_backward, setup_context=_setup_context)
-for _device_type in ("cpu", "cuda"):
-    # Under autocast the op runs in float32 (low-precision inputs are cast up).
-    torch.library.register_autocast(_edge_aggregate, _device_type, torch.float32)
-# Device kernels: the backend chosen at each call (which honours `use_reference`); other
-# devices take the default implementation above, the reference.
-for _device_type, _registered in (("cpu", WITH_NUMBA), ("cuda", CUDA_KERNELS)):
-    if _registered:
-        _edge_aggregate.register_kernel(_device_type)(_forward_kernel)
-        _edge_aggregate_backward.register_kernel(_device_type)(_backward_kernel)
+register_kernels("edge_aggregate", _edge_aggregate, _edge_aggregate_backward, CUDA_KERNELS)
 
 
 def edge_aggregate(

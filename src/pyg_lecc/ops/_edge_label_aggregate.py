@@ -4,30 +4,12 @@ wrapper. The backend runs by device (:mod:`pyg_lecc.ops.backends`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from pyg_lecc.ops.backends import Backend, choose_backend, fallback_backend
-from pyg_lecc.typing import WITH_NUMBA
+from pyg_lecc.ops.backends import fallback_backend, register_kernels, run_kernel
 
 __all__ = ["edge_label_aggregate"]
-
-
-def _forward(backend_of: Callable[[torch.device], Backend], *args: Any) -> tuple[Tensor, Tensor]:
-    # args: the op's, in its schema's order; `backend_of` picks the backend by device.
-    *floats, rowptr, col, slope = args
-    backend = backend_of(rowptr.device)
-    Q, P = backend.call(backend.module.edge_label_aggregate_forward, floats, rowptr, col, slope)
-    return Q, P
-
-
-def _backward(backend_of: Callable[[torch.device], Backend], *args: Any) -> tuple[Tensor, ...]:
-    *floats, rowptr, col, slope = args
-    backend = backend_of(rowptr.device)
-    return backend.call(backend.module.edge_label_aggregate_backward, floats, rowptr, col, slope)
 
 
 @torch.library.custom_op("pyg_lecc::edge_label_aggregate", mutates_args=())
@@ -43,7 +25,8 @@ def _edge_label_aggregate(
     slope: float,
 ) -> tuple[Tensor, Tensor]:
     # Devices without a kernel registered below.
-    return _forward(fallback_backend, pre, gamma, V, c, w_omega, b_omega, rowptr, col, slope)
+    args = (pre, gamma, V, c, w_omega, b_omega, rowptr, col, slope)
+    return run_kernel("edge_label_aggregate", "forward", fallback_backend, args)  # type: ignore[return-value]
 
 
 @_edge_label_aggregate.register_fake
@@ -67,8 +50,8 @@ def _edge_label_aggregate_backward(
     slope: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     # The gradient of a missing gamma is an empty tensor (an op's outputs cannot be None).
-    floats = (grad_Q, grad_P, pre, gamma, V, c, w_omega, b_omega)
-    return _backward(fallback_backend, *floats, rowptr, col, slope)  # type: ignore[return-value]
+    args = (grad_Q, grad_P, pre, gamma, V, c, w_omega, b_omega, rowptr, col, slope)
+    return run_kernel("edge_label_aggregate", "backward", fallback_backend, args)  # type: ignore[return-value]
 
 
 @_edge_label_aggregate_backward.register_fake
@@ -76,18 +59,6 @@ def _(grad_Q, grad_P, pre, gamma, V, c, w_omega, b_omega, rowptr, col, slope):
     grad_gamma = pre.new_empty(0) if gamma is None else torch.empty_like(gamma)
     params = (torch.empty_like(t) for t in (V, c, w_omega, b_omega))
     return torch.empty_like(pre), grad_gamma, *params
-
-
-def _chosen(device: torch.device) -> Backend:
-    return choose_backend(device, "edge_label_aggregate")
-
-
-def _forward_kernel(*args: Any) -> tuple[Tensor, Tensor]:
-    return _forward(_chosen, *args)
-
-
-def _backward_kernel(*args: Any) -> tuple[Tensor, ...]:
-    return _backward(_chosen, *args)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -106,15 +77,12 @@ def _autograd_backward(ctx, grad_Q: Tensor, grad_P: Tensor):
 
 
 _edge_label_aggregate.register_autograd(_autograd_backward, setup_context=_setup_context)
-for _device_type in ("cpu", "cuda"):
-    torch.library.register_autocast(_edge_label_aggregate, _device_type, torch.float32)
 # Registered on CUDA whatever PYG_LECC_CUDA_EDGE_LABEL_KERNELS says: `choose_backend`
 # decides, and falls back to the reference (with GPU-sized chunks) unless the kernels are
 # enabled.
-for _device_type, _registered in (("cpu", WITH_NUMBA), ("cuda", True)):
-    if _registered:
-        _edge_label_aggregate.register_kernel(_device_type)(_forward_kernel)
-        _edge_label_aggregate_backward.register_kernel(_device_type)(_backward_kernel)
+register_kernels(
+    "edge_label_aggregate", _edge_label_aggregate, _edge_label_aggregate_backward, cuda=True
+)
 
 
 def edge_label_aggregate(

@@ -32,6 +32,8 @@ __all__ = [
     "backend_for",
     "choose_backend",
     "fallback_backend",
+    "register_kernels",
+    "run_kernel",
     "use_reference",
 ]
 
@@ -246,3 +248,48 @@ def use_reference(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _force_reference = previous
+
+
+def run_kernel(
+    op: str, stage: str, backend_of: Callable[[torch.device], Backend], args: Sequence
+) -> tuple[Tensor, ...]:
+    r"""Runs the :obj:`stage` (:obj:`"forward"` or :obj:`"backward"`) of the fused op
+    :obj:`op` on the backend :obj:`backend_of` picks for the index's device.
+
+    Args:
+        op (str): One of :data:`OPS`.
+        stage (str): :obj:`"forward"` or :obj:`"backward"`.
+        backend_of (Callable): :func:`fallback_backend`, or a choice by device.
+        args (Sequence): The arguments of the op's stage, in its schema's order: floating
+            tensors (or :obj:`None` for a missing :obj:`gamma`), :obj:`rowptr`, :obj:`col`,
+            then the float scalars.
+    """
+    first_scalar = next(n for n, a in enumerate(args) if isinstance(a, float | int))
+    *floats, rowptr, col = args[:first_scalar]
+    backend = backend_of(rowptr.device)
+    kernel = getattr(backend.module, f"{op}_{stage}")
+    return backend.call(kernel, floats, rowptr, col, *args[first_scalar:])
+
+
+def register_kernels(
+    op: str, forward: torch.library.CustomOpDef, backward: torch.library.CustomOpDef, cuda: bool
+) -> None:
+    r"""Registers the device kernels of the fused op :obj:`op` (its custom ops
+    :obj:`forward` and :obj:`backward`): on CPU when Numba imports, on CUDA when
+    :obj:`cuda`, each call running the backend :func:`choose_backend` picks (which honours
+    :func:`use_reference`). Other devices keep the ops' default implementations. Under
+    autocast the op runs in float32 (low-precision inputs are cast up)."""
+
+    def chosen(device: torch.device) -> Backend:
+        return choose_backend(device, op)
+
+    for device_type in ("cpu", "cuda"):
+        torch.library.register_autocast(forward, device_type, torch.float32)
+    for device_type, registered in (("cpu", WITH_NUMBA), ("cuda", cuda)):
+        if registered:
+            forward.register_kernel(device_type)(
+                lambda *args: run_kernel(op, "forward", chosen, args)
+            )
+            backward.register_kernel(device_type)(
+                lambda *args: run_kernel(op, "backward", chosen, args)
+            )

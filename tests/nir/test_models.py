@@ -431,7 +431,9 @@ def test_shipped_weights_load_with_the_config_of_their_card(name):
 def test_names_moved_to_the_hub_still_import_from_models_with_a_warning():
     with pytest.warns(DeprecationWarning, match=r"pyg_lecc\.nir\.hub\.load_weights"):
         assert models.load_weights is hub.load_weights
-    assert set(models._MOVED_TO_HUB) <= set(hub.__all__)
+    for name in hub.__all__:
+        with pytest.warns(DeprecationWarning, match=f"moved to pyg_lecc.nir.hub.{name}"):
+            assert getattr(models, name) is getattr(hub, name)
     with pytest.raises(AttributeError):
         models.no_such_name  # noqa: B018
     assert pyg_lecc.nir_gnn is hub.nir_gnn and pyg_lecc.NIRGNN is NIRGNN

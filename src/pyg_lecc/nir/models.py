@@ -273,30 +273,16 @@ def matched_cnn_features(gnn_features: int = 99, **arch: Any) -> int:
     return min(counts, key=lambda f: abs(counts[f] - target))
 
 
-# Names of the registry and of weights files, in pyg_lecc.nir.hub since the split of this
-# module; the old spelling pyg_lecc.models.<name> (release 0.1.0) reaches them here.
-_MOVED_TO_HUB = frozenset(
-    {
-        "cnn_baseline",
-        "default_weights_path",
-        "get_model",
-        "list_models",
-        "load_weights",
-        "model_card",
-        "model_from_weights",
-        "nir_gnn",
-        "save_weights",
-    }
-)
-
-
 def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_HUB:
+    # The registry and the weights files are in pyg_lecc.nir.hub since the split of this
+    # module; the old spelling pyg_lecc.models.<name> (release 0.1.0) reaches them here.
+    hub = importlib.import_module("pyg_lecc.nir.hub")
+    if name in hub.__all__:
         warnings.warn(
             f"pyg_lecc.nir.models.{name} moved to pyg_lecc.nir.hub.{name}; the old name is "
             "removed in the next release",
             DeprecationWarning,
             stacklevel=2,
         )
-        return getattr(importlib.import_module("pyg_lecc.nir.hub"), name)
+        return getattr(hub, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

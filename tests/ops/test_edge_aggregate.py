@@ -1,4 +1,7 @@
 import inspect
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -129,6 +132,29 @@ def test_cpu_kernel_thread_count_does_not_change_result(backward_passes):
     finally:
         torch.set_num_threads(threads)
     _assert_close(two, one, rtol=1e-13, atol=1e-13)
+
+
+@requires_numba
+def test_starting_the_kernels_leaves_torchs_thread_count_alone():
+    # A fresh process, where Numba's pool is not started yet: its OpenMP layer, once started,
+    # set the OpenMP thread count that torch shares to NUMBA_NUM_THREADS.
+    code = (
+        "import torch\n"
+        "from pyg_lecc.ops import edge_aggregate\n"
+        "torch.set_num_threads(2)\n"
+        "N, F, r = 6, 3, 2\n"
+        "x, y, V = torch.rand(N, F), torch.rand(N, F), torch.rand(N, r, F)\n"
+        "rowptr, col = torch.arange(N + 1), torch.arange(N).roll(1)\n"
+        "edge_aggregate(x, x, y, y, torch.rand(F), V, torch.rand(N, r), torch.rand(r, F),\n"
+        "               torch.rand(r), rowptr, col, 10.0, 0.2)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2"]
 
 
 @pytest.mark.parametrize("backend", ["default", "reference"])

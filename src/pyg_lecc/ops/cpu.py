@@ -356,7 +356,14 @@ def _by_source(col, num_src, rowptr):
 
 def _set_threads() -> None:
     # Follow torch's intra-op setting (tests and benchmarks pin it), within Numba's pool.
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    # The first call starts Numba's pool; its OpenMP layer then sets the process's OpenMP
+    # thread count, which torch shares, to NUMBA_NUM_THREADS: torch would silently run on
+    # that many threads from then on (and a process's first results would differ in their
+    # last bits from its later ones). Give torch its setting back.
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _np(t: Tensor) -> np.ndarray:

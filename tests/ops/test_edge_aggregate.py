@@ -111,8 +111,11 @@ def backward_passes(request, monkeypatch):
     "dtype,tol",
     [(torch.float64, dict(rtol=1e-12, atol=1e-12)), (torch.float32, dict(rtol=1e-5, atol=1e-5))],
 )
-def test_cpu_kernel_equals_reference(graph, dtype, tol, backward_passes, one_thread):
-    floats, rowptr, col = _case(graph, dtype=dtype)
+# Widths below one vector (scalar loops), and F_h = 24 over an odd F_in (vector steps
+# followed by a remainder, as in NIR-GNN's CPU layers).
+@pytest.mark.parametrize("Fin,Fh,r", [(6, 5, 3), (13, 24, 4)])
+def test_cpu_kernel_equals_reference(graph, dtype, tol, Fin, Fh, r, backward_passes, one_thread):
+    floats, rowptr, col = _case(graph, dtype=dtype, Fin=Fin, Fh=Fh, r=r)
     assert backend_for("cpu") == "numba"
     got = _value_and_grads(_op, floats, rowptr, col)
     with use_reference():
@@ -132,6 +135,23 @@ def test_cpu_kernel_thread_count_does_not_change_result(backward_passes):
     finally:
         torch.set_num_threads(threads)
     _assert_close(two, one, rtol=1e-13, atol=1e-13)
+
+
+@requires_numba
+def test_cpu_kernels_give_llvm_its_vectoriser_setting_back(monkeypatch, backward_passes):
+    # The kernels compile with a process-wide LLVM option, which every call must restore,
+    # also when the inputs are refused.
+    import pyg_lecc.ops.cpu as cpu
+
+    options = []
+    monkeypatch.setattr(cpu.llvm, "set_option", lambda name, option: options.append(option))
+    floats, rowptr, col = _case("random", dtype=torch.float32)
+    _value_and_grads(_op, floats, rowptr, col)
+    with pytest.raises(IndexError, match="col"):
+        cpu.edge_aggregate_forward(*floats, rowptr, torch.full_like(col, 10**6), DELTA, SLOPE)
+    pairs = ["-force-vector-interleave=1", "-force-vector-interleave=0"]
+    assert len(options) == 6  # forward and backward, then the refused forward
+    assert options == pairs * 3
 
 
 @requires_numba

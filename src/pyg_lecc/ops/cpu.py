@@ -9,9 +9,9 @@ to this file (``cache=True``), so later processes start in about a second. The l
 plain scalar code that LLVM vectorises over the contiguous ``F_h`` axis (``fastmath``
 allows it to reassociate the dot products), one vector per loop step
 (:func:`_one_vector_per_loop_step`). With rows indexed in place rather than through views,
-that made the forward 0.84x and the backward 0.77x as long as before at F=24, r=4 (141,120 edges, one thread, old and new
-alternating 15 times in one process), 0.86x and 0.67x at F=16, 0.78x and 0.72x at F=48,
-and left F=99, r=11 unchanged (1.03x, 1.00x).
+that made the forward 0.84x and the backward 0.77x as long as before at F=24, r=4 (141,120
+edges, one thread, old and new alternating 15 times in one process), 0.86x and 0.67x at
+F=16, 0.78x and 0.72x at F=48, and left F=99, r=11 unchanged (1.03x, 1.00x).
 
 Forward: ``prange`` over target nodes; each target walks its incoming edges (CSR), computes
 the per-edge quantities in registers and small scratch vectors, and adds ``a z^T`` to its

@@ -44,8 +44,9 @@ CUDA_EDGE_LABEL_KERNELS = (
 )
 """Whether :func:`~pyg_lecc.ops.edge_label_aggregate` takes its Triton kernels on CUDA: they
 have not run on a GPU yet, so only with ``PYG_LECC_CUDA_EDGE_LABEL_KERNELS=1``."""
-OPS = ("edge_aggregate", "edge_label_aggregate")
-"""The names of the fused ops, as :func:`backend_for` takes them."""
+OPS = {"edge_aggregate": 2, "edge_label_aggregate": 1}
+"""The fused ops by name, as :func:`backend_for` takes them, each with the number of float
+scalars that end its arguments (``delta`` and ``slope``; ``slope``)."""
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -228,7 +229,7 @@ def backend_for(device: torch.device | str, op: str = "edge_aggregate") -> str:
         'reference'
     """
     if op not in OPS:
-        raise ValueError(f"backend_for: 'op' must be one of {OPS}, got {op!r}")
+        raise ValueError(f"backend_for: 'op' must be one of {tuple(OPS)}, got {op!r}")
     return choose_backend(torch.device(device), op).name
 
 
@@ -262,13 +263,13 @@ def run_kernel(
         backend_of (Callable): :func:`fallback_backend`, or a choice by device.
         args (Sequence): The arguments of the op's stage, in its schema's order: floating
             tensors (or :obj:`None` for a missing :obj:`gamma`), :obj:`rowptr`, :obj:`col`,
-            then the float scalars.
+            then the op's float scalars (:data:`OPS`).
     """
-    first_scalar = next(n for n, a in enumerate(args) if isinstance(a, float | int))
-    *floats, rowptr, col = args[:first_scalar]
+    num_scalars = OPS[op]
+    *floats, rowptr, col = args[:-num_scalars]
     backend = backend_of(rowptr.device)
     kernel = getattr(backend.module, f"{op}_{stage}")
-    return backend.call(kernel, floats, rowptr, col, *args[first_scalar:])
+    return backend.call(kernel, floats, rowptr, col, *args[-num_scalars:])
 
 
 def register_kernels(

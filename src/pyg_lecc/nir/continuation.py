@@ -279,8 +279,7 @@ def start(
         "weights_sha256": _sha256(weights),
         "iterations_before": iterations_before,
         "previous_metadata": previous,
-        "command": shlex.join(["pyg-lecc", *argv[3:]]),
-        "train_config": config.to_dict(),
+        "command": shlex.join(["pyg-lecc", *argv[3:]]),  # its settings: TRAIN_CONFIG_NAME
         "lock": LOCK_NAME,
         "selection": SELECTION_RULE,  # declared before the run, applied by finish
     }
@@ -564,7 +563,13 @@ def _read_record(run: Path) -> dict[str, Any]:
             f"the trainer of {run} still runs (pid {record['pid']}): stop it with "
             f"kill -INT {record['pid']}, wait until it has exited, then finish"
         )
-    return record
+    # The trainer's settings: runs of older starts have none (their options are in "command").
+    settings = run / TRAIN_CONFIG_NAME
+    return (
+        {**record, "train_config": json.loads(settings.read_text())}
+        if settings.is_file()
+        else record
+    )
 
 
 def _trainer_alive(run: Path, pid: Any) -> bool:

@@ -142,8 +142,10 @@ class Recipe:
     end whatever the speed of the machine.
     """
 
-    lr: float = 3e-4
-    lr_end: float = 2e-5
+    # Continuations of trained weights restart gently (3e-4 to 2e-5 up to run f24-s6; see
+    # "Which weights the next run continues" in the docs).
+    lr: float = 1e-4
+    lr_end: float = 1e-5
     warmup: int = 100
     ema: float = 0.999
     bn_batches: int = 16

@@ -77,6 +77,18 @@ def _assert_close(got, expected, **tol):
         torch.testing.assert_close(g, e, msg=lambda m, name=name: f"{name}: {m}", **tol)
 
 
+def _assert_close_to_scale(got, expected, tol):
+    # Gradients such as b0's sum one term per edge, and their sums can cancel far below the
+    # terms: both sides' rounding is relative to the terms, so the absolute tolerance of
+    # each tensor is relative to its largest entry.
+    for name, g, e in zip(("Q", "P", *NAMES), got, expected, strict=True):
+        scale = e.abs().max().item() if e.numel() else 0.0
+        atol = tol * max(1.0, scale)
+        torch.testing.assert_close(
+            g, e, rtol=tol, atol=atol, msg=lambda m, name=name: f"{name}: {m}"
+        )
+
+
 @pytest.fixture(params=["one_chunk", "many_chunks"])
 def chunking(request, monkeypatch):
     if request.param == "many_chunks":  # chunk boundaries inside the edge list
@@ -106,10 +118,10 @@ def backward_passes(request, monkeypatch):
 @requires_numba
 @pytest.mark.parametrize("graph", GRAPHS)
 @pytest.mark.parametrize(
-    # float32: both sides sum the same ~10 products per entry in different orders (the
-    # kernel's loops are reassociated by fastmath); 1e-5 relative is ~100 float32 ulps.
+    # float32: both sides sum the same products in different orders (the kernel's loops are
+    # reassociated by fastmath); 1e-5 relative is ~100 float32 ulps.
     "dtype,tol",
-    [(torch.float64, dict(rtol=1e-12, atol=1e-12)), (torch.float32, dict(rtol=1e-5, atol=1e-5))],
+    [(torch.float64, 1e-12), (torch.float32, 1e-5)],
 )
 # Widths below one vector (scalar loops), and F_h = 24 over an odd F_in (vector steps
 # followed by a remainder, as in NIR-GNN's CPU layers).
@@ -120,7 +132,7 @@ def test_cpu_kernel_equals_reference(graph, dtype, tol, Fin, Fh, r, backward_pas
     got = _value_and_grads(_op, floats, rowptr, col)
     with use_reference():
         expected = _value_and_grads(_op, floats, rowptr, col)
-    _assert_close(got, expected, **tol)
+    _assert_close_to_scale(got, expected, tol)
 
 
 @requires_numba
@@ -143,8 +155,14 @@ def test_cpu_kernels_give_llvm_its_vectoriser_setting_back(monkeypatch, backward
     # also when the inputs are refused.
     import pyg_lecc.ops.cpu as cpu
 
-    options = []
-    monkeypatch.setattr(cpu.llvm, "set_option", lambda name, option: options.append(option))
+    options, set_option = [], cpu.llvm.set_option
+
+    def recorded(name, option):
+        # Passed on: kernels this test compiles (and caches on disk) get the real setting.
+        options.append(option)
+        set_option(name, option)
+
+    monkeypatch.setattr(cpu.llvm, "set_option", recorded)
     floats, rowptr, col = _case("random", dtype=torch.float32)
     _value_and_grads(_op, floats, rowptr, col)
     with pytest.raises(IndexError, match="col"):

@@ -150,29 +150,6 @@ def test_cpu_kernel_thread_count_does_not_change_result(backward_passes):
 
 
 @requires_numba
-def test_cpu_kernels_give_llvm_its_vectoriser_setting_back(monkeypatch, backward_passes):
-    # The kernels compile with a process-wide LLVM option, which every call must restore,
-    # also when the inputs are refused.
-    import pyg_lecc.ops.cpu as cpu
-
-    options, set_option = [], cpu.llvm.set_option
-
-    def recorded(name, option):
-        # Passed on: kernels this test compiles (and caches on disk) get the real setting.
-        options.append(option)
-        set_option(name, option)
-
-    monkeypatch.setattr(cpu.llvm, "set_option", recorded)
-    floats, rowptr, col = _case("random", dtype=torch.float32)
-    _value_and_grads(_op, floats, rowptr, col)
-    with pytest.raises(IndexError, match="col"):
-        cpu.edge_aggregate_forward(*floats, rowptr, torch.full_like(col, 10**6), DELTA, SLOPE)
-    pairs = ["-force-vector-interleave=1", "-force-vector-interleave=0"]
-    assert len(options) == 6  # forward and backward, then the refused forward
-    assert options == pairs * 3
-
-
-@requires_numba
 def test_starting_the_kernels_leaves_torchs_thread_count_alone():
     # A fresh process, where Numba's pool is not started yet: its OpenMP layer, once started,
     # set the OpenMP thread count that torch shares to NUMBA_NUM_THREADS.

@@ -46,15 +46,16 @@ processes load them from the cache in about a second.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import llvmlite.binding as llvm
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
+from numba.core.compiler_lock import global_compiler_lock
+from numba.core.dispatcher import Dispatcher
 from torch import Tensor
 
 from pyg_lecc.ops.checks import check_edge_aggregate_inputs, check_edge_label_aggregate_inputs
@@ -69,6 +70,31 @@ are the outputs) that the one-pass backward of :func:`pyg_lecc.ops.edge_aggregat
 allocate; larger graphs take the two-pass backward, which needs none."""
 
 
+def _one_vector_per_loop_step(kernel: Dispatcher) -> Dispatcher:
+    # Compiles `kernel` (on a process's first call per signature, or from the disk cache)
+    # with LLVM's loop vectoriser processing one vector per loop step. Left to its cost
+    # model, it interleaves four vectors of 8 floats, so that a loop over F_h = 24 (NIR-GNN's
+    # CPU width) or fewer never enters its vector body and runs whole in the scalar
+    # remainder; one vector per step makes the forward and backward kernels about 0.8x as
+    # long at F=24 (see the module docstring). The option is process-wide in LLVM: it is set
+    # only while Numba's compiler lock is held for this kernel, then given back to LLVM's
+    # default (0: the cost model decides), so no other compilation sees it.
+    compile_ = kernel.compile
+
+    @functools.wraps(compile_)
+    def compile(sig):
+        with global_compiler_lock:
+            llvm.set_option("", "-force-vector-interleave=1")
+            try:
+                return compile_(sig)
+            finally:
+                llvm.set_option("", "-force-vector-interleave=0")
+
+    kernel.compile = compile  # what the dispatcher calls for a signature it lacks
+    return kernel
+
+
+@_one_vector_per_loop_step
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _forward(x_src, x_dst, y_src, y_dst, b0, V, c, w, bw, rowptr, col, inv_delta, slope, Q, P):
     zero = V.dtype.type(0)  # typed: an int literal would promote float32 to float64
@@ -174,6 +200,7 @@ def _edge_terms_for_gradients(x_src, x_dst, y_src, y_dst, j, i, b0, inv_delta, s
     return math.exp(-dist * inv_delta)
 
 
+@_one_vector_per_loop_step
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _backward_targets(
     GQ, GP, x_src, x_dst, y_src, y_dst, b0, V, c, w, bw, rowptr, col, inv_delta, slope,
@@ -237,6 +264,7 @@ def _add_source_gradients(b, j, g_h, z, g_u, coef, d, gx_src, gy_src, gV, gc):
         gx_src[b, j, f] += coef * d[f]
 
 
+@_one_vector_per_loop_step
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _backward_sources(
     GQ, x_src, x_dst, y_src, y_dst, b0, V, w, slope, colptr, edges, dst,
@@ -278,6 +306,7 @@ def _leaky_relu(z, pre, e, slope):
         z[g] = p if p > zero else p * slope
 
 
+@_one_vector_per_loop_step
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _label_forward(pre, gamma, V, c, w, bw, rowptr, col, slope, Q, P):
     # Forward of edge_label_aggregate; an empty `gamma` means no attention (gamma = 1).
@@ -292,6 +321,7 @@ def _label_forward(pre, gamma, V, c, w, bw, rowptr, col, slope, Q, P):
             _aggregate_edge(z, gamma[e] if weighted else one, V, c, col[e], w, bw, Q, P, i)
 
 
+@_one_vector_per_loop_step
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _label_backward_targets(
     GQ, GP, pre, gamma, V, c, w, bw, rowptr, col, slope, blocks,
@@ -321,6 +351,7 @@ def _label_backward_targets(
                     grad_pre[e, g] = g_z[g] if pre[e, g] > zero else g_z[g] * slope
 
 
+@_one_vector_per_loop_step
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _label_backward_sources(pre, slope, colptr, edges, edge_gu, gV, gc):
     # Source pass: V_j and c_j gradients from each source's outgoing edges (CSC).
@@ -371,22 +402,6 @@ def _set_threads() -> None:
         torch.set_num_threads(threads)
 
 
-@contextmanager
-def _one_vector_per_loop_step() -> Iterator[None]:
-    # Compile the kernels (on a process's first call of each) with LLVM's loop vectoriser
-    # processing one vector per loop step. Left to its cost model, it interleaves four vectors
-    # of 8 floats, so that a loop over F_h = 24 (NIR-GNN's CPU width) or fewer never enters
-    # its vector body and runs whole in the scalar remainder: one vector per step makes the
-    # forward and backward kernels about 0.75x as long at F=24 (benchmarks). The option is
-    # process-wide in LLVM, so it is set only while these kernels run, then given back to
-    # LLVM's default (0: the cost model decides).
-    llvm.set_option("", "-force-vector-interleave=1")
-    try:
-        yield
-    finally:
-        llvm.set_option("", "-force-vector-interleave=0")
-
-
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -402,7 +417,6 @@ def _np_gamma(gamma: Tensor | None, like: Tensor) -> np.ndarray:
     return np.empty(0, like.numpy().dtype) if gamma is None else _np(gamma)
 
 
-@_one_vector_per_loop_step()
 def edge_aggregate_forward(
     x_src: Tensor,
     x_dst: Tensor,
@@ -439,7 +453,6 @@ def edge_aggregate_forward(
     return Q, P
 
 
-@_one_vector_per_loop_step()
 def edge_aggregate_backward(
     grad_Q: Tensor,
     grad_P: Tensor,
@@ -529,7 +542,6 @@ def _two_pass_backward(arrays: list[np.ndarray], scalars: tuple, grads: list[np.
         part.sum(0, out=out)
 
 
-@_one_vector_per_loop_step()
 def edge_label_aggregate_forward(
     pre: Tensor,
     gamma: Tensor | None,
@@ -557,7 +569,6 @@ def edge_label_aggregate_forward(
     return Q, P
 
 
-@_one_vector_per_loop_step()
 def edge_label_aggregate_backward(
     grad_Q: Tensor,
     grad_P: Tensor,

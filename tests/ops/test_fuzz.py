@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from pyg_lecc.ops.backends import OPS
 from pyg_lecc.typing import WITH_NUMBA
 
 SEED, CASES_PER_OP = 24, 30
@@ -140,7 +141,6 @@ def _run_case(op: str, kind: str, inputs, rowptr: torch.Tensor, col: torch.Tenso
 
 
 BACKENDS = ("reference", "numba") if WITH_NUMBA else ("reference",)
-OPS = ("edge_aggregate", "edge_label_aggregate")
 
 
 def _main() -> None:

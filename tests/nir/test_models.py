@@ -267,25 +267,30 @@ def _copy_shipped(tmp_path: Path, name: str, with_card: bool) -> Path:
 
 @pytest.mark.parametrize("old,new", [('"k": 8', '"k": 9'), ('"delta": 10.0', '"delta": 90.0')])
 def test_edited_header_of_shipped_weights_is_refused(tmp_path, old, new):
-    # The shipped files predate header hashes: the header's config is compared with the copy
-    # in its training metadata and with the model card next to it.
+    # cnn.safetensors predates header hashes: its header's config is compared with the copy
+    # in its training metadata and with the model card next to it. nir-gnn.safetensors,
+    # written by a later finish, hashes its header.
     def edit(count: int):
         def apply(entries: dict[str, str]) -> None:
             entries["pyg_lecc"] = entries["pyg_lecc"].replace(old, new, count)
 
         return apply
 
-    intact = _copy_shipped(tmp_path / "intact", "nir-gnn", with_card=True)
+    intact = _copy_shipped(tmp_path / "intact", "cnn", with_card=True)
     assert load_weights(intact)[0]["config"]["k"] == 8
-    alone = _copy_shipped(tmp_path / "alone", "nir-gnn", with_card=False)
+    alone = _copy_shipped(tmp_path / "alone", "cnn", with_card=False)
     edit_header(alone, edit(1))  # the config, not its copy in the training metadata
     with pytest.raises(ValueError, match=rf"{alone} is damaged: the config in its header, .* "
                        "differs from its training metadata"):  # fmt: skip
         model_from_weights(alone)
-    carded = _copy_shipped(tmp_path / "carded", "nir-gnn", with_card=True)
+    carded = _copy_shipped(tmp_path / "carded", "cnn", with_card=True)
     edit_header(carded, edit(-1))  # every copy in the file
-    with pytest.raises(ValueError, match=r"differs from its model card .*nir-gnn\.json"):
-        get_model("nir-gnn", weights=carded)
+    with pytest.raises(ValueError, match=r"differs from its model card .*cnn\.json"):
+        get_model("cnn", weights=carded)
+    hashed = _copy_shipped(tmp_path / "hashed", "nir-gnn", with_card=True)
+    edit_header(hashed, edit(-1))
+    with pytest.raises(ValueError, match=rf"{hashed}: its header was edited or damaged"):
+        model_from_weights(hashed)
 
 
 def test_edited_header_of_new_weights_is_refused(tmp_path):

@@ -1,7 +1,12 @@
 """Shared by the tests of the fused operators (tests/ops/test_edge_aggregate.py,
-tests/ops/test_edge_label_aggregate.py): the test graphs and the Numba marker."""
+tests/ops/test_edge_label_aggregate.py, tests/ops/test_cpu.py): the test graphs, the Numba
+marker and a fresh Python process."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +16,17 @@ from pyg_lecc.typing import WITH_NUMBA
 GRAPHS = ("random", "knn", "bipartite", "zero_degree", "empty")
 
 requires_numba = pytest.mark.skipif(not WITH_NUMBA, reason="numba is not installed")
+
+
+def run_fresh_process(code: str, timeout: float = 600) -> list[str]:
+    """What ``code`` prints, split into words, run in a new Python process with one OpenMP
+    and one Numba thread (where no kernel has run or compiled yet); fails on its errors."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
 
 
 def make_graph(kind: str, gen: torch.Generator) -> tuple[int, int, torch.Tensor, torch.Tensor]:

@@ -1,12 +1,8 @@
 """How :mod:`pyg_lecc.ops.cpu` compiles its Numba kernels (their results are tested per op,
 in ``test_edge_aggregate.py`` and ``test_edge_label_aggregate.py``)."""
 
-import os
-import subprocess
-import sys
-
 import pytest
-from ops_helpers import requires_numba
+from ops_helpers import requires_numba, run_fresh_process
 
 pytestmark = requires_numba
 
@@ -40,13 +36,8 @@ def test_each_kernel_compiles_with_one_vector_per_loop_step():
         "cpu.edge_label_aggregate_backward(Q, P, *label)\n"
         "print(' '.join(calls))\n"
     )
-    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr
     # Six kernels: the forward, two backward passes and their sources, the label ops' three.
-    assert done.stdout.split() == [ONE, DEFAULT] * 6
+    assert run_fresh_process(code) == [ONE, DEFAULT] * 6
 
 
 def test_a_failed_compilation_gives_llvm_its_setting_back(monkeypatch):

@@ -1,13 +1,10 @@
 import inspect
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from ops_helpers import GRAPHS, make_graph, requires_numba
+from ops_helpers import GRAPHS, make_graph, requires_numba, run_fresh_process
 
 import pyg_lecc.ops.backends as backends
 import pyg_lecc.ops.reference as reference
@@ -164,12 +161,7 @@ def test_starting_the_kernels_leaves_torchs_thread_count_alone():
         "               torch.rand(r), rowptr, col, 10.0, 0.2)\n"
         "print(torch.get_num_threads())\n"
     )
-    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["2"]
+    assert run_fresh_process(code, timeout=300) == ["2"]
 
 
 @pytest.mark.parametrize("backend", ["default", "reference"])

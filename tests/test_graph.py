@@ -242,6 +242,13 @@ def test_non_finite_features_are_refused(backend):
         image_knn_graph(feats, k=4, search_window=5, backend=backend)
 
 
+def _smooth(feats: torch.Tensor) -> torch.Tensor:
+    # Neighbouring pixels alike, as in a network's feature maps.
+    for _ in range(3):
+        feats = torch.nn.functional.avg_pool2d(feats, 3, 1, 1, count_include_pad=False)
+    return feats
+
+
 requires_numba = pytest.mark.skipif(not WITH_NUMBA, reason="numba is not installed")
 
 # (features, k, exclude_radius, search_window): the fused kernel against the plain torch path.
@@ -254,6 +261,11 @@ FUSED_CASES = {
     "quantised_whole": (lambda: torch.randint(0, 2, (3, 3, 12, 11)).float(), 8, 2, None),
     "window_at_borders": (lambda: torch.randn(1, 5, 13, 30, dtype=torch.float64), 4, 2, 12),
     "window_wider_than_image": (lambda: torch.randn(1, 4, 7, 26, dtype=torch.float64), 5, 0, 9),
+    # Smooth maps: the probe square's bound is tight and most window rows are skipped.
+    "smooth_window": (lambda: _smooth(torch.rand(1, 6, 40, 37)), 8, 1, 15),
+    "smooth_quantised_whole": (lambda: (_smooth(torch.rand(2, 3, 21, 24)) * 8).round(), 8, 1, None),
+    # An excluded zone wider than the probe square: no bound, every row is scanned.
+    "exclusion_wider_than_probe": (lambda: torch.randn(1, 3, 20, 22), 5, 4, 13),
 }
 
 
@@ -270,7 +282,9 @@ def test_numba_backend_equals_brute_force(case):
 
 @requires_numba
 @pytest.mark.parametrize("case", sorted(FUSED_CASES))
-@pytest.mark.parametrize("tile", [16, 4])  # one tile per image; seams and partial tiles
+# The default (one tile per image for whole-image windows), one tile per image, seams and
+# partial tiles.
+@pytest.mark.parametrize("tile", [None, 16, 4])
 def test_numba_kernel_equals_torch_path(case, tile):
     from pyg_lecc.ops.knn import knn_in_windows
 
@@ -281,6 +295,22 @@ def test_numba_kernel_equals_torch_path(case, tile):
     sizes = (H, W) if window is None else (min(window, H), min(window, W))
     expected = graph_module._knn_torch(feats, k, radius, sizes)
     assert torch.equal(knn_in_windows(feats, k, radius, sizes, tile=tile), expected)
+
+
+@requires_numba
+@pytest.mark.parametrize("threads", [1, 2])  # tiles in the calling thread; in a pool
+def test_numba_kernel_on_threads(threads):
+    from pyg_lecc.ops.knn import knn_in_windows
+
+    torch.manual_seed(2)
+    feats = _smooth(torch.rand(3, 5, 24, 20))
+    expected = graph_module._knn_torch(feats, 6, 1, (9, 9))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(knn_in_windows(feats, 6, 1, (9, 9), tile=8), expected)
+    finally:
+        torch.set_num_threads(before)
 
 
 @requires_numba

@@ -311,4 +311,9 @@ def test_profile_attributes_every_op_to_a_phase(tmp_path: Path) -> None:
     assert "pyg_lecc::edge_aggregate_backward" in ops["backward"]
     assert "pyg_lecc::edge_aggregate_backward" not in ops["forward"]
     assert set(result["iteration_by_backward"]) == set(profile.BACKWARDS)
+    for timed in result["iteration_by_backward"].values():  # one timed iteration each
+        wall = timed["wall_s"]
+        assert sum(wall[p] for p in profile.PHASES) == pytest.approx(timed["time_s"])
+        assert 0 < wall["knn_graph"] < wall["forward"]
     assert "| `one_pass` |" in profile.markdown(result)
+    assert "| forward: graph builds (all threads) |" in profile.markdown(result)

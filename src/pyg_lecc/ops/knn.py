@@ -16,21 +16,20 @@ Here, per tile of 16x16 query pixels:
 * one compiled pass over it then selects: each query reads only its own window, skips its
   excluded neighbourhood by coordinates and keeps a ``k``-long list sorted by (distance,
   node index) by insertion. No mask, no ``topk``, no sort is written. The ``k``-th smallest
-  distance over a 7x7 probe square around the pixel bounds the ``k``-th nearest; a window
-  row with no candidate within that bound (or within the list's last distance, once the
-  list is full) is skipped after a vectorised count, instead of a compare and branch per
-  candidate. On NIR-GNN's own feature maps (the shipped weights, training images) about a
-  quarter of the rows are then scanned.
+  distance over a 7x7 probe square around the pixel bounds the ``k``-th nearest: a
+  candidate beyond it is not ranked, and a window row with no candidate within it (or
+  within the list's last distance, once the list is full) is skipped after a vectorised
+  count instead of a compare and branch per candidate. On NIR-GNN's own feature maps (the
+  shipped weights, training images) about a quarter of the rows are then scanned.
 
 The distance block of a tile is written into one buffer per worker thread: a new 1-4 MB
 block per tile cost about as much in page faults as the product itself. When the window is
 the whole image (training patches), each image is one tile, and on one thread the tiles
 run in the calling thread. Together, on the seven graphs of one NIR-GNN F=24 forward (the
 shipped weights' feature maps of training images, one thread, old and new code alternating
-in one process, one run): 0.71x for a batch of ten 42x42 patches (456 ms to 324 ms), 0.77x
-for a 256x256 image with 49x49 windows (2.15 s to 1.66 s); a whole training iteration
-(shipped weights, real patches) 0.90x. On uniform noise, where the probe square bounds
-nothing, 0.88-0.97x.
+in one process, two runs): 0.74-0.76x for a batch of ten 42x42 patches (about 453 ms to
+339 ms), 0.72-0.73x for a 256x256 image with 49x49 windows (about 2.21 s to 1.61 s). On
+uniform noise, where the probe square bounds little, 0.88-0.97x.
 """
 
 from __future__ import annotations
@@ -114,14 +113,15 @@ def _select_in_windows(dist, k, radius, qy0, qx0, ry0, rx0, height, width, sh, s
                 x = qx0 + j
                 wx = min(max(x - sw // 2, 0), width - sw)
                 row = dist[yy - ry0, i * nx + j, wx - rx0 : wx - rx0 + sw]
-                bound = best[j, k - 1]
-                if not _any_at_most(row, min(cap[j], bound)):
+                bound, limit = best[j, k - 1], cap[j]
+                if not _any_at_most(row, min(limit, bound)):
                     continue
                 for c in range(sw):
                     d = row[c]
                     # Candidates come in increasing node index and only a strictly smaller
-                    # distance moves past an entry: ties stay in index order.
-                    if d < bound:
+                    # distance moves past an entry: ties stay in index order. One beyond the
+                    # probe's bound cannot end in the list, so it is not ranked in meanwhile.
+                    if d < bound and d <= limit:
                         if near and abs(wx + c - x) <= radius:
                             continue
                         p = k - 1

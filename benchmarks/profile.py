@@ -26,10 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +87,50 @@ class Config:
 
 
 @contextlib.contextmanager
-def _labelled_parts() -> Iterator[None]:
-    # Profiler ranges around the graph builds and the non-local operators (benchmark only).
-    build, conv = ImageKNNGraph.__call__, LightweightECC.forward
+def _around(
+    owner: type, name: str, context: Callable[[], contextlib.AbstractContextManager]
+) -> Iterator[None]:
+    # Runs every call of owner.name inside a fresh context() until the block ends
+    # (benchmark only).
+    original = getattr(owner, name)
 
-    def labelled_build(self, *args, **kwargs):
-        with torch.profiler.record_function("knn_graph"):
-            return build(self, *args, **kwargs)
+    def wrapped(self, *args, **kwargs):
+        with context():
+            return original(self, *args, **kwargs)
 
-    def labelled_conv(self, *args, **kwargs):
-        with torch.profiler.record_function("lightweight_ecc"):
-            return conv(self, *args, **kwargs)
-
-    ImageKNNGraph.__call__, LightweightECC.forward = labelled_build, labelled_conv
+    setattr(owner, name, wrapped)
     try:
         yield
     finally:
-        ImageKNNGraph.__call__, LightweightECC.forward = build, conv
+        setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def _labelled_parts() -> Iterator[None]:
+    # Profiler ranges around the graph builds and the non-local operators (benchmark only).
+    label = torch.profiler.record_function
+    with (
+        _around(ImageKNNGraph, "__call__", lambda: label("knn_graph")),
+        _around(LightweightECC, "forward", lambda: label("lightweight_ecc")),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def _clock(seconds: dict[str, float], key: str) -> Iterator[None]:
+    # Adds the block's wall-clock seconds to seconds[key].
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _phase(name: str, seconds: dict[str, float]) -> Iterator[None]:
+    # A phase of the iteration: a profiler range, and its wall clock in seconds[name].
+    with torch.profiler.record_function(name), _clock(seconds, name):
+        yield
 
 
 @contextlib.contextmanager
@@ -118,25 +146,6 @@ def _backward(kind: str) -> Iterator[None]:
         cpu.ONE_PASS_BUFFER_BYTES = limit
 
 
-@contextlib.contextmanager
-def _graph_build_clock(elapsed: list[float]) -> Iterator[None]:
-    # Adds the wall-clock seconds of every graph build to elapsed[0] (benchmark only).
-    build = ImageKNNGraph.__call__
-
-    def timed_build(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return build(self, *args, **kwargs)
-        finally:
-            elapsed[0] += time.perf_counter() - start
-
-    ImageKNNGraph.__call__ = timed_build
-    try:
-        yield
-    finally:
-        ImageKNNGraph.__call__ = build
-
-
 def _iteration(
     model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, gen
 ) -> dict[str, float]:
@@ -145,17 +154,13 @@ def _iteration(
     nir = torch.rand(shape, generator=gen)
     rgb = torch.rand(cfg.batch_size, 3, cfg.patch_size, cfg.patch_size, generator=gen)
     optimizer.zero_grad(set_to_none=True)
-    seconds = {}
-    for phase in PHASES:
-        start = time.perf_counter()
-        with torch.profiler.record_function(phase):
-            if phase == "forward":
-                loss = F.mse_loss(model(nir), rgb)
-            elif phase == "backward":
-                loss.backward()
-            else:
-                optimizer.step()
-        seconds[phase] = time.perf_counter() - start
+    seconds: dict[str, float] = {}
+    with _phase("forward", seconds):
+        loss = F.mse_loss(model(nir), rgb)
+    with _phase("backward", seconds):
+        loss.backward()
+    with _phase("step", seconds):
+        optimizer.step()
     return seconds
 
 
@@ -207,11 +212,12 @@ def _time_backwards(cfg: Config) -> dict[str, dict[str, Any]]:
     }
     for i in range(cfg.warmup + cfg.timed_iterations):
         for kind in BACKWARDS:
-            builds = [0.0]
-            with _backward(kind), _graph_build_clock(builds):
+            builds = {"knn_graph": 0.0}
+            build_clock = functools.partial(_clock, builds, "knn_graph")
+            with _backward(kind), _around(ImageKNNGraph, "__call__", build_clock):
                 seconds = _iteration(model, optimizer, cfg, gen)
             if i >= cfg.warmup:
-                seconds.update(iteration=sum(seconds.values()), knn_graph=builds[0])
+                seconds.update(iteration=sum(seconds.values()), **builds)
                 for part, value in seconds.items():
                     times[kind][part].append(value)
     return {

@@ -99,6 +99,7 @@ def _select_in_windows(dist, k, radius, qy0, qx0, ry0, rx0, height, width, sh, s
     # a vectorised test, instead of a compare and branch per candidate.
     ny, nx = out.shape[0], out.shape[1]
     cap = np.empty(nx, dist.dtype)
+    starts = np.empty(nx, np.int64)  # each query's first window column
     low = np.empty(k, dist.dtype)
     for i in range(ny):
         y = qy0 + i
@@ -107,16 +108,16 @@ def _select_in_windows(dist, k, radius, qy0, qx0, ry0, rx0, height, width, sh, s
         chosen = np.full((nx, k), -1, np.int64)
         for j in range(nx):
             x = qx0 + j
-            wx = min(max(x - sw // 2, 0), width - sw)
+            wx = starts[j] = min(max(x - sw // 2, 0), width - sw)
             cap[j] = _probe_bound(dist, i * nx + j, y, x, wy, wx, ry0, rx0, sh, sw, radius, low)
         # Region row by region row: each step reads one contiguous (nx, columns) slab of the
         # block instead of hopping between rows a block row apart.
         for yy in range(wy, wy + sh):
             near = abs(yy - y) <= radius
+            slab = dist[yy - ry0]
             for j in range(nx):
-                x = qx0 + j
-                wx = min(max(x - sw // 2, 0), width - sw)
-                row = dist[yy - ry0, i * nx + j, wx - rx0 : wx - rx0 + sw]
+                x, wx = qx0 + j, starts[j]
+                row = slab[i * nx + j, wx - rx0 : wx - rx0 + sw]
                 bound, limit = best[j, k - 1], cap[j]
                 if not _any_at_most(row, min(limit, bound)):
                     continue
@@ -137,8 +138,7 @@ def _select_in_windows(dist, k, radius, qy0, qx0, ry0, rx0, height, width, sh, s
                         chosen[j, p] = yy * width + wx + c
                         bound = best[j, k - 1]
         for j in range(nx):
-            x = qx0 + j
-            wx = min(max(x - sw // 2, 0), width - sw)
+            x, wx = qx0 + j, starts[j]
             # Fewer than k finite distances (features large enough to overflow): the
             # non-finite ones follow, in index order.
             n = 0

@@ -1,8 +1,8 @@
 """Full-image colorization: time and peak memory of :func:`pyg_lecc.nir.inference.colorize`
-(tiles of 147 pixels plus 24 of context, 49x49 kNN search window) for NIR-GNN and the CNN
-baseline against image size: centre crops of 128, 256 and 512 pixels of a full-resolution
-image and whole 1024 x ~680 images of ``epfl_country_fullres`` (quick mode: synthetic 64x64
-and 96x96 images).
+(its default tiles: 208 pixels plus 24 of context, so that a 256x256 image runs whole; 49x49
+kNN search window) for NIR-GNN and the CNN baseline against image size: centre crops of 128,
+256 and 512 pixels of a full-resolution image and whole 1024 x ~680 images of
+``epfl_country_fullres`` (quick mode: synthetic 64x64 and 96x96 images).
 
 Models: the weights shipped with the package (``get_model(name, weights="default")``) when
 they exist; otherwise a random initialisation of the configuration in the shipped model card
@@ -42,6 +42,7 @@ from benchmarks.common import (
     time_once_with_rss,
 )
 from pyg_lecc.nir.hub import cnn_baseline, default_weights_path, get_model, nir_gnn
+from pyg_lecc.nir.inference import DEFAULT_CONTEXT, DEFAULT_SEARCH_WINDOW, DEFAULT_TILE
 from pyg_lecc.nir.models import NIRGNN
 from pyg_lecc.nir.models import num_parameters as count_parameters
 
@@ -60,9 +61,9 @@ class Config:
     fallback_features: int = 24
     fallback_rank: int = 4
     fallback_layers_per_block: int = 3
-    tile: int = 147
-    context: int = 24
-    search_window: int | None = 49
+    tile: int = DEFAULT_TILE
+    context: int = DEFAULT_CONTEXT
+    search_window: int | None = DEFAULT_SEARCH_WINDOW
     measure_memory: bool = True
     memory_pass_max_s: float = 300.0
     data_root: Path = DEFAULT_DATA_ROOT

@@ -163,6 +163,17 @@ def test_odd_non_square_tiles_have_full_size(gnn):
     assert all(c[1] == 9 and not c[2] for c in spy.calls)
 
 
+def test_default_tiles_run_vcip_images_whole(cnn):
+    # A 256x256 image (the VCIP 2020 size) runs whole, as `pyg-lecc evaluate` runs it; a
+    # wider one is cut into 256-pixel windows.
+    spy = ForwardSpy(cnn)
+    colorize(spy, smooth_nir(256, 256))
+    assert [c[0] for c in spy.calls] == [(1, 1, 256, 256)]
+    spy = ForwardSpy(cnn)
+    colorize(spy, smooth_nir(256, 300))
+    assert [c[0] for c in spy.calls] == [(1, 1, 256, 256)] * 2
+
+
 def test_one_axis_tiled_only(cnn):
     spy = ForwardSpy(cnn)
     colorize(spy, smooth_nir(20, 70), tile=16, context=4)

@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pyg_lecc.nir.data import ImagePair, find_pairs, load_pair, write_rgb_png
-from pyg_lecc.nir.inference import DEFAULT_SEARCH_WINDOW, colorize, load_model, sample_pairs
+from pyg_lecc.nir.inference import colorize, load_model, sample_pairs
 from pyg_lecc.nir.metrics import METRIC_KEYS, evaluate_pair, summarize
 
 PROG = "nir_colorize.py"
@@ -116,10 +116,8 @@ def run(args: argparse.Namespace) -> None:
     for m in MODELS:
         for pair, nir, rgb, dst in zip(pairs, nirs, truths, outputs[m], strict=True):
             start = time.perf_counter()
-            # Whole images up to 256x256 (the VCIP size); larger ones are tiled.
-            pred = colorize(
-                models[m], nir, tile=256, search_window=DEFAULT_SEARCH_WINDOW, device=args.device
-            )
+            # The default tiles run a 256x256 (VCIP-size) image whole; larger ones are tiled.
+            pred = colorize(models[m], nir, device=args.device)
             seconds = time.perf_counter() - start
             write_rgb_png(dst, pred, overwrite=args.overwrite)
             preds[m].append(pred)

@@ -126,12 +126,13 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_tiling(parser: argparse.ArgumentParser, tile: int) -> None:
+def _add_tiling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tile",
         type=_int_at_least(1),
-        default=tile,
-        help=f"side of the part of each tile that is kept (default: {tile})",
+        default=DEFAULT_TILE,
+        help=f"side of the part of each tile that is kept (default: {DEFAULT_TILE}: with the "
+        "context, 256x256 images run whole; 147 gives the reference implementation's tiles)",
     )
     parser.add_argument(
         "--context",
@@ -423,8 +424,7 @@ def _add_evaluate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     p.add_argument("--save-dir", type=Path, metavar="DIR", help="save the colorized PNGs")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    # 256x256 VCIP images fit in one tile: they are run whole.
-    _add_tiling(p, tile=256)
+    _add_tiling(p)  # as colorize: the 256x256 VCIP images run whole
     p.set_defaults(handler=_cmd_evaluate)
 
 
@@ -449,7 +449,7 @@ def _add_colorize_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="replace existing outputs (without it, an output that exists, or that another "
         "run writes meanwhile, is an error)",
     )
-    _add_tiling(p, tile=DEFAULT_TILE)
+    _add_tiling(p)
     p.set_defaults(handler=_cmd_colorize)
 
 

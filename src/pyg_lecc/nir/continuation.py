@@ -70,7 +70,7 @@ from pyg_lecc.io.atomic import atomic_copy, write_atomically
 from pyg_lecc.nir.config import NIRGNNConfig
 from pyg_lecc.nir.data import PairedImageDataset, find_pairs, load_pair
 from pyg_lecc.nir.hub import default_weights_path, load_weights, model_from_weights, save_weights
-from pyg_lecc.nir.inference import DEFAULT_SEARCH_WINDOW, colorize
+from pyg_lecc.nir.inference import colorize
 from pyg_lecc.nir.metrics import METRIC_KEYS, evaluate_pair, summarize
 from pyg_lecc.nir.models import NIRGNN
 from pyg_lecc.nir.training import (
@@ -122,7 +122,6 @@ _RECORD_KEYS = (
     "previous_metadata",
     "command",
 )
-_EVAL_TILE = 256  # as `pyg-lecc evaluate`: the 256x256 VCIP images are run whole
 PSNR_PER_DOUBLING = 0.30
 """Held-out PSNR (dB) gained per doubling of the iterations by the shipped lineage (16.63 dB
 at 4,924 cumulative iterations, 17.06 dB at 13,083): the PSNR unit of :func:`selection_score`."""
@@ -662,13 +661,9 @@ def _model(config: TrainConfig, state: dict[str, Any]) -> NIRGNN:
 
 
 def _score(model: NIRGNN, pairs: _Pairs) -> dict[str, float]:
-    """Mean metrics as ``pyg-lecc evaluate`` computes them (whole images, 49x49 window)."""
-    per_image = [
-        evaluate_pair(
-            colorize(model, nir, tile=_EVAL_TILE, search_window=DEFAULT_SEARCH_WINDOW), rgb
-        )
-        for _, nir, rgb in pairs
-    ]
+    """Mean metrics as ``pyg-lecc evaluate`` computes them (``colorize``'s defaults: 256x256
+    images whole, 49x49 window)."""
+    per_image = [evaluate_pair(colorize(model, nir), rgb) for _, nir, rgb in pairs]
     return summarize(per_image)
 
 

@@ -5,7 +5,8 @@ pixel's kNN search to a 49x49 window around it and processes large images in ove
 tiles with 24 pixels of context on each side, so that memory does not grow with the image.
 :func:`colorize` does the same and cross-fades neighbouring tiles so that no seams show. Its
 windows are 256 pixels wide, the size of the VCIP 2020 images, so that those run whole, as
-``pyg-lecc evaluate`` runs them (the reference implementation's were 195: 147 kept). :func:`load_model` loads a weights file (or the shipped default weights) and
+``pyg-lecc evaluate`` scores them (the reference implementation's were 195: 147 kept).
+:func:`load_model` loads a weights file (or the shipped default weights) and
 :func:`sample_pairs` lists the sample images bundled with the package.
 
 Example:

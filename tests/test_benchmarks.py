@@ -3,6 +3,7 @@ written with the expected keys and positive numbers. No timing assertions."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -317,3 +318,34 @@ def test_profile_attributes_every_op_to_a_phase(tmp_path: Path) -> None:
         assert 0 < wall["knn_graph"] < wall["forward"]
     assert "| `one_pass` |" in profile.markdown(result)
     assert "| forward: graph builds (all threads) |" in profile.markdown(result)
+
+
+def test_commits_side_by_side(tmp_path):
+    from benchmarks import commits
+
+    # The work tree's src, a tiny model on noise: per-iteration times and the ratio to the
+    # first revision, in the files the command writes.
+    cfg = commits.Config(
+        (commits.WORK_TREE,),
+        rounds=2,
+        iterations=1,
+        nir_dir=None,
+        batch=2,
+        patch=16,
+        features=6,
+        rank=2,
+        layers_per_block=1,
+    )
+    results = commits.run(cfg)
+    entry = results[commits.WORK_TREE]
+    assert len(entry["times_s"]) == 2 and all(_positive(t) for t in entry["times_s"])
+    assert entry["ratio"] == 1.0
+    text = commits.render_markdown(cfg, results, {"git_commit": "abc", "date": "today"})
+    assert "| `.` |" in text and "patches of noise" in text
+
+    with pytest.raises(ValueError, match="more than once: HEAD"):
+        commits.run(dataclasses.replace(cfg, revisions=("HEAD", "HEAD")))
+    with pytest.raises(ValueError, match="'no-such-revision'"):
+        commits._extract_src("no-such-revision", tmp_path / "bad")
+    src = commits._extract_src("HEAD", tmp_path / "head")
+    assert (src / "pyg_lecc" / "__init__.py").is_file()

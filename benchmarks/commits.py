@@ -116,6 +116,9 @@ def run(cfg: Config) -> dict[str, Any]:
     """Times the revisions alternately; returns per-revision times, medians and ratios."""
     if not cfg.revisions:
         raise ValueError("no revisions to compare")
+    for name in ("rounds", "iterations", "threads"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"'{name}' must be at least 1, got {getattr(cfg, name)}")
     repeated = sorted({rev for rev in cfg.revisions if cfg.revisions.count(rev) > 1})
     if repeated:
         raise ValueError(f"revisions given more than once: {', '.join(repeated)}")

@@ -343,6 +343,8 @@ def test_commits_side_by_side(tmp_path):
     text = commits.render_markdown(cfg, results, {"git_commit": "abc", "date": "today"})
     assert "| `.` |" in text and "patches of noise" in text
 
+    with pytest.raises(ValueError, match="'iterations' must be at least 1, got 0"):
+        commits.run(dataclasses.replace(cfg, iterations=0))
     with pytest.raises(ValueError, match="more than once: HEAD"):
         commits.run(dataclasses.replace(cfg, revisions=("HEAD", "HEAD")))
     with pytest.raises(ValueError, match="'no-such-revision'"):

@@ -93,8 +93,8 @@ def _worker_command(cfg: Config, iterations: int, seed: int) -> list[str]:
         "--rank": cfg.rank,
         "--layers-per-block": cfg.layers_per_block,
     }
-    if _nir_dir(cfg) is not None:
-        options["--nir-dir"] = _nir_dir(cfg)
+    if (nir_dir := _nir_dir(cfg)) is not None:
+        options["--nir-dir"] = nir_dir
     # -P: the worker's own folder (this one, whose profile.py would shadow the standard
     # library's) is not put on sys.path; the revision's src is, through PYTHONPATH.
     return [sys.executable, "-P", str(WORKER), *(str(x) for kv in options.items() for x in kv)]

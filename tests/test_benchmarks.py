@@ -323,8 +323,8 @@ def test_profile_attributes_every_op_to_a_phase(tmp_path: Path) -> None:
 def test_commits_side_by_side(tmp_path):
     from benchmarks import commits
 
-    # The work tree's src, a tiny model on noise: per-iteration times and the ratio to the
-    # first revision, in the files the command writes.
+    # The work tree's src, a tiny model on noise: per-iteration times, the ratio to the first
+    # revision and its markdown row; then the refused settings and the source extraction.
     cfg = commits.Config(
         (commits.WORK_TREE,),
         rounds=2,
